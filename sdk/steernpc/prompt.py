@@ -1,0 +1,163 @@
+"""SteerLM prompt formats: build prompts and training segments, parse label lines back.
+
+`nemo` is byte-for-byte NeMo SteerLM's template, so NVIDIA's released SteerLM checkpoints
+serve unchanged. `chat` puts the persona card and the label line into the system message
+of the base model's own chat template (SmolLM2 and most HF chat models).
+
+Training (steernpc_train.sft) and serving use the same `segments()`, so a model is trained
+on exactly the strings it is served with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from steernpc.attributes import AttributeSchema, InvalidAttribute
+
+FORMATS = ("nemo", "chat")
+
+NEMO_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+NEMO_BOS = "<extra_id_0>"
+NEMO_TURN = "<extra_id_1>"
+NEMO_LABEL = "<extra_id_2>"
+NEMO_STOP = NEMO_TURN
+
+# The chat format's label line, the last line of the system message.
+CHAT_LABEL_PREFIX = "Attributes: "
+
+
+@dataclass
+class Exchange:
+    """One player line and the NPC's reply, with the attribute vector the reply was made under."""
+
+    user: str
+    reply: str | None = None
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+def _label_line(schema: AttributeSchema, labels: Mapping[str, int] | str) -> str:
+    return labels if isinstance(labels, str) else schema.encode(labels)
+
+
+# -- nemo ------------------------------------------------------------------------------------
+
+def nemo_segments(system: str, exchanges: Sequence[Exchange], schema: AttributeSchema) -> list[tuple[str, bool]]:
+    """(text, trains) pieces; a final exchange without reply ends at the generation point.
+
+    Loss goes on every assistant reply and its end-of-turn marker ("\\n<extra_id_1>"),
+    never on system, user or label text (NeMo's mask "User").
+    """
+    out: list[tuple[str, bool]] = [(f"{NEMO_BOS}System\n{system}\n", False)]
+    marker = NEMO_TURN  # a reply's end-of-turn marker is also the next turn's opener
+    for ex in exchanges:
+        labels = _label_line(schema, ex.labels)
+        out.append((f"{marker}User\n{ex.user}\n{NEMO_TURN}Assistant\n{NEMO_LABEL}{labels}\n", False))
+        if ex.reply is not None:
+            out.append((f"{ex.reply}\n{NEMO_TURN}", True))
+            marker = ""
+    return _merge(out)
+
+
+def _merge(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    merged: list[tuple[str, bool]] = []
+    for text, trains in pieces:
+        if merged and merged[-1][1] == trains:
+            merged[-1] = (merged[-1][0] + text, trains)
+        elif text:
+            merged.append((text, trains))
+    return merged
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+def chat_system(system: str, schema: AttributeSchema, labels: Mapping[str, int] | str) -> str:
+    return f"{system}\n{CHAT_LABEL_PREFIX}{_label_line(schema, labels)}"
+
+
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def chat_segments(
+    system: str, exchanges: Sequence[Exchange], schema: AttributeSchema, tokenizer: Any
+) -> list[tuple[str, bool]]:
+    """The chat template's text cut into pieces. The system message carries the label line
+    of the *last* exchange, so loss goes on the last reply only (earlier replies may have
+    been made under other attributes) plus its end-of-turn marker."""
+    if not exchanges:
+        raise ValueError("chat prompt needs at least one exchange")
+    messages = [{"role": "system", "content": chat_system(system, schema, exchanges[-1].labels)}]
+    for ex in exchanges[:-1]:
+        messages += [{"role": "user", "content": ex.user}, {"role": "assistant", "content": ex.reply or ""}]
+    messages.append({"role": "user", "content": exchanges[-1].user})
+    prompt = _render(tokenizer, messages, True)
+    last = exchanges[-1]
+    if last.reply is None:
+        return [(prompt, False)]
+    full = _render(tokenizer, messages + [{"role": "assistant", "content": last.reply}], False)
+    if not full.startswith(prompt):
+        raise ValueError("this chat template does not render the conversation as a prefix of itself")
+    return _merge([(prompt, False), (full[len(prompt):], True)])
+
+
+# -- both ------------------------------------------------------------------------------------
+
+def segments(
+    fmt: str,
+    system: str,
+    exchanges: Sequence[Exchange],
+    schema: AttributeSchema,
+    tokenizer: Any = None,
+) -> list[tuple[str, bool]]:
+    if fmt == "nemo":
+        return nemo_segments(system, exchanges, schema)
+    if fmt == "chat":
+        if tokenizer is None:
+            raise ValueError("the chat format needs the model's tokenizer (its chat template)")
+        return chat_segments(system, exchanges, schema, tokenizer)
+    raise ValueError(f"unknown prompt format {fmt!r}; formats: {', '.join(FORMATS)}")
+
+
+def build_prompt(
+    fmt: str,
+    system: str,
+    history: Sequence[Exchange],
+    user: str,
+    labels: Mapping[str, int] | str,
+    schema: AttributeSchema,
+    tokenizer: Any = None,
+) -> str:
+    """The exact text the model sees before it writes the next reply."""
+    pieces = segments(fmt, system, [*history, Exchange(user, None, labels)], schema, tokenizer)
+    return "".join(text for text, _ in pieces)
+
+
+def stop_strings(fmt: str, tokenizer: Any = None) -> list[str]:
+    """Text that ends a reply. (Backends also stop on the tokenizer's EOS id.)"""
+    if fmt == "nemo":
+        return [NEMO_STOP]
+    stops = []
+    if tokenizer is not None and getattr(tokenizer, "eos_token", None):
+        stops.append(tokenizer.eos_token)
+    return stops
+
+
+def parse_labels(fmt: str, prompt: str, schema: AttributeSchema) -> dict[str, int]:
+    """The attribute vector of the last label line in `prompt`."""
+    if fmt == "nemo":
+        at = prompt.rfind(NEMO_LABEL)
+        if at < 0:
+            raise InvalidAttribute("labels", f"no {NEMO_LABEL} label line in the prompt")
+        line = prompt[at + len(NEMO_LABEL):].split("\n", 1)[0]
+    elif fmt == "chat":
+        at = prompt.rfind(CHAT_LABEL_PREFIX)
+        if at < 0:
+            raise InvalidAttribute("labels", f"no '{CHAT_LABEL_PREFIX.strip()}' label line in the prompt")
+        line = prompt[at + len(CHAT_LABEL_PREFIX):].split("\n", 1)[0].split("<", 1)[0]
+    else:
+        raise ValueError(f"unknown prompt format {fmt!r}; formats: {', '.join(FORMATS)}")
+    return schema.decode(line.strip())
