@@ -1,0 +1,107 @@
+"""The one interface every backend (torch, onnx, trtllm, remote) implements.
+
+A caller submits a GenerationRequest (the full prompt text the runtime built, sampling
+settings, stop strings, and optionally a cache key such as a session id) and gets a
+Stream of Delta events followed by exactly one Finished event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class QueueFull(RuntimeError):
+    """The backend's bounded queue is full; try again later (gRPC RESOURCE_EXHAUSTED)."""
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend's runtime is not installed or cannot start (e.g. TensorRT-LLM on CPU)."""
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 96
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> "SamplingParams":
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError(f"max_new_tokens = {self.max_new_tokens} is outside 1..4096")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise ValueError(f"temperature = {self.temperature} is outside 0..5")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p = {self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError(f"top_k = {self.top_k} must be >= 0")
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            raise ValueError(f"repetition_penalty = {self.repetition_penalty} must be in (0, 10]")
+        return self
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    params: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)
+    # Requests with the same cache key (a session) may reuse each other's KV cache: the
+    # next turn's prompt extends the previous one, so only the new tokens are computed.
+    cache_key: str | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Finished:
+    text: str
+    reason: str  # "stop" | "length" | "cancelled" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens that were served from a KV / prefix cache
+    ttft_ms: float = 0.0
+    total_ms: float = 0.0
+    error: str | None = None
+
+
+class Backend(ABC):
+    """A text generator that streams. Implementations must be thread-safe for submit()."""
+
+    name: str = "backend"
+    tokenizer: Any = None
+
+    @abstractmethod
+    def submit(self, request: GenerationRequest) -> "Stream":  # noqa: F821
+        """Queue a request; raise QueueFull when the bounded queue is full."""
+
+    def generate(self, requests: list[GenerationRequest]) -> list[Finished]:
+        """Run several requests together (batched where the backend can) and wait."""
+        streams = [self.submit(r) for r in requests]
+        return [s.result() for s in streams]
+
+    def stream(self, request: GenerationRequest):
+        """Sync iterator of text deltas (convenience over submit())."""
+        for event in self.submit(request):
+            if isinstance(event, Delta):
+                yield event.text
+
+    def drop_cache(self, cache_key: str) -> None:
+        """Forget what is cached for `cache_key` (a deleted session)."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def stats(self) -> dict[str, float]:
+        """Numbers for metrics: queue depth, running requests, cached sessions."""
+        return {}
+
+    def close(self) -> None:
+        pass

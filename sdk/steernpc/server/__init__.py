@@ -1,0 +1,1 @@
+"""The gRPC runtime: servicer, auth, health, reflection, metrics and `steernpc serve`."""
