@@ -1,0 +1,63 @@
+"""Defaults the runtime picks when the user gives none: which adapter, which prompt format.
+
+A served model folder (or adapter folder) may carry a `steernpc.json` written by
+`steernpc compile` or `steernpc train sft`: {"format": "chat"|"nemo", "schema": ..., ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+SAMPLE_ADAPTER = "steernpc-npc-lora"
+
+
+def repo_samples() -> Path:
+    """samples/ of a source checkout (editable install); absent in a plain wheel."""
+    return Path(__file__).resolve().parents[2] / "samples"
+
+
+def default_adapter(model: str | None) -> str | None:
+    """The shipped sample adapter, when serving the default base model and it exists.
+    STEERNPC_ADAPTER overrides; STEERNPC_ADAPTER=none disables."""
+    env = os.environ.get("STEERNPC_ADAPTER")
+    if env:
+        return None if env.lower() == "none" else env
+    if model not in (None, "", "smollm2", "smollm2-135m-instruct"):
+        return None
+    folder = repo_samples() / "models" / SAMPLE_ADAPTER
+    return str(folder) if (folder / "adapter_config.json").exists() else None
+
+
+def read_card(folder: str | os.PathLike | None) -> dict:
+    if not folder:
+        return {}
+    path = Path(folder)
+    path = path if path.is_dir() else path.parent
+    card = path / "steernpc.json"
+    try:
+        return json.loads(card.read_text()) if card.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def model_format(model: str | None, adapter: str | None = None) -> str:
+    """The prompt format a model was trained with: the adapter's card, the model's card,
+    else `chat` (base chat models)."""
+    from steernpc import models
+
+    for folder in (adapter, None if model is None else _resolved(model)):
+        fmt = read_card(folder).get("format")
+        if fmt in ("chat", "nemo"):
+            return fmt
+    return "chat"
+
+
+def _resolved(model: str) -> str | None:
+    from steernpc import models
+
+    try:
+        return str(models.resolve(model)) if Path(model).exists() else None
+    except FileNotFoundError:
+        return None
