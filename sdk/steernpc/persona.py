@@ -154,6 +154,8 @@ def persona_from_located(src: Located, base_dir: Path | None = None) -> Persona:
         problems.append(Problem(src.file, src.key_line(*path) if key else src.line(*path), message))
 
     data = src.data
+    if data is None:
+        raise PersonaError([Problem(src.file, 1, "the file is empty; a persona needs at least id, name, role and attributes")])
     if not isinstance(data, dict):
         raise PersonaError([Problem(src.file, src.line(), "a persona file must be a mapping (id, name, role, attributes, ...)")])
 
@@ -175,7 +177,7 @@ def persona_from_located(src: Located, base_dir: Path | None = None) -> Persona:
     if knowledge is None:
         knowledge = []
     if not isinstance(knowledge, list):
-        bad(("knowledge",), "knowledge must be a list of strings")
+        bad(("knowledge",), "knowledge must be a list of strings", key=True)
         knowledge = []
     for i, fact in enumerate(knowledge):
         if not isinstance(fact, str):
@@ -200,26 +202,26 @@ def persona_from_located(src: Located, base_dir: Path | None = None) -> Persona:
     if schema is not None:
         raw = data.get("attributes")
         if raw is not None and not isinstance(raw, dict):
-            bad(("attributes",), f"attributes must be a mapping of attribute: value ({', '.join(schema.names)})")
+            bad(("attributes",), f"attributes must be a mapping of attribute: value ({', '.join(schema.names)})", key=True)
         elif raw:
             attributes = _check_vector(schema, raw, ("attributes",), bad)
 
         raw_moods = data.get("moods") or {}
         if not isinstance(raw_moods, dict):
-            bad(("moods",), "moods must be a mapping of mood name -> {attribute: value}")
+            bad(("moods",), "moods must be a mapping of mood name -> {attribute: value}", key=True)
         else:
             for mood, values in raw_moods.items():
                 if not isinstance(mood, str) or not ID_PATTERN.match(mood):
                     bad(("moods", mood), f"mood name {mood!r} must match [a-z0-9_-]+", key=True)
                     continue
                 if not isinstance(values, dict) or not values:
-                    bad(("moods", mood), f"moods.{mood} must be a non-empty mapping of attribute: value")
+                    bad(("moods", mood), f"moods.{mood} must be a non-empty mapping of attribute: value", key=True)
                     continue
                 moods[mood] = _check_vector(schema, values, ("moods", mood), bad)
 
         raw_limits = data.get("limits") or {}
         if not isinstance(raw_limits, dict):
-            bad(("limits",), "limits must be a mapping of attribute -> {min, max}")
+            bad(("limits",), "limits must be a mapping of attribute -> {min, max}", key=True)
         else:
             for name, bounds in raw_limits.items():
                 limit = _check_limit(schema, name, bounds, bad)
@@ -265,17 +267,18 @@ def _check_limit(schema: AttributeSchema, name: Any, bounds: Any, bad) -> tuple[
         bad(where, f"limits.{name}: unknown attribute {name!r}; schema {schema.name!r} has {', '.join(schema.names)}", key=True)
         return None
     if not isinstance(bounds, dict) or not bounds or set(bounds) - {"min", "max"}:
-        bad(where, f"limits.{name} must be a mapping with min and/or max, e.g. {{max: 0}}")
+        bad(where, f"limits.{name} must be a mapping with min and/or max, e.g. {{max: 0}}", key=True)
         return None
     spec = schema[name]
-    low, high = bounds.get("min", spec.min), bounds.get("max", spec.max)
+    checked = {}
     ok = True
-    for key, value in (("min", low), ("max", high)):
+    for key, value in (("min", bounds.get("min", spec.min)), ("max", bounds.get("max", spec.max))):
         try:
-            schema.check(name, value, f"limits.{name}.{key}")
+            checked[key] = schema.check(name, value, f"limits.{name}.{key}")
         except InvalidAttribute as exc:
             bad(where + (key,), str(exc))
             ok = False
+    low, high = checked.get("min"), checked.get("max")
     if ok and low > high:
         bad(where + ("min",), f"limits.{name}: min {low} > max {high}")
         ok = False
@@ -286,7 +289,7 @@ def _check_generation(raw: Any, bad) -> GenerationSettings:
     if raw is None:
         return GenerationSettings()
     if not isinstance(raw, dict):
-        bad(("generation",), f"generation must be a mapping of {', '.join(GenerationSettings.RULES)}")
+        bad(("generation",), f"generation must be a mapping of {', '.join(GenerationSettings.RULES)}", key=True)
         return GenerationSettings()
     values = {}
     for key, value in raw.items():

@@ -53,11 +53,22 @@ class Located:
         return self.lines.get(("__key__",) + tuple(path), self.line(*path))
 
 
-def _convert(node: yaml.Node, path: tuple, lines: dict, file: str) -> Any:
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _convert(node: yaml.Node, path: tuple, lines: dict, file: str, active: frozenset = frozenset()) -> Any:
     lines[path] = node.start_mark.line + 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in active:  # `a: &x [*x]`: an alias inside its own anchor
+            raise SourceError([Problem(file, node.start_mark.line + 1, "YAML error: an alias refers to its own anchor")])
+        active = active | {id(node)}
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                raise SourceError(
+                    [Problem(file, key_node.start_mark.line + 1, "YAML merge keys (<<) are not supported; write the values out")]
+                )
             key = _scalar(key_node)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise SourceError([Problem(file, key_node.start_mark.line + 1, "mapping keys must be plain names")])
@@ -66,10 +77,10 @@ def _convert(node: yaml.Node, path: tuple, lines: dict, file: str) -> Any:
                     [Problem(file, key_node.start_mark.line + 1, f"{_dotted(path + (key,))} appears twice")]
                 )
             lines[("__key__",) + path + (key,)] = key_node.start_mark.line + 1
-            out[key] = _convert(value_node, path + (key,), lines, file)
+            out[key] = _convert(value_node, path + (key,), lines, file, active)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(child, path + (i,), lines, file) for i, child in enumerate(node.value)]
+        return [_convert(child, path + (i,), lines, file, active) for i, child in enumerate(node.value)]
     return _scalar(node)
 
 
@@ -105,9 +116,7 @@ def parse_located(text: str, display: str) -> Located:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        reason = exc.problem or str(exc)
+        line, reason = _syntax_error(text, exc)
         raise SourceError([Problem(display, line, f"YAML syntax error: {reason}")]) from None
     except yaml.YAMLError as exc:  # pragma: no cover - non-marked errors are rare
         raise SourceError([Problem(display, 1, f"YAML error: {exc}")]) from None
@@ -120,3 +129,42 @@ def parse_located(text: str, display: str) -> Located:
         mark = exc.problem_mark
         raise SourceError([Problem(display, mark.line + 1 if mark else 1, f"YAML error: {exc.problem}")]) from None
     return Located(display, data, lines)
+
+
+# Contexts that open something on one line (a quote, a bracket, a key) that a later line
+# failed to finish; when the parser only notices at a later line that is indented no
+# deeper (the next key, or the end of the file), the opening line is the one to fix.
+_OPENERS = {
+    "while scanning a quoted scalar": "the quoted string opened here is not closed",
+    "while parsing a flow sequence": "the '[' opened here is not closed",
+    "while parsing a flow mapping": "the '{' opened here is not closed",
+    "while scanning a simple key": "this key has no ':'",
+}
+_HINTS = {
+    "found character '\\t'": "indent with spaces, not tabs",
+    "mapping values are not allowed here": "check the indentation, or quote a value that contains ': '",
+    "expected <block end>": "check the indentation",
+}
+
+
+def _syntax_error(text: str, exc: yaml.MarkedYAMLError) -> tuple[int, str]:
+    """(1-based line, message) for a YAML syntax error: the line a person has to fix."""
+    lines = text.splitlines()
+    last = max(1, len(lines))
+    problem, context = exc.problem_mark, exc.context_mark
+    reason = exc.problem or str(exc)
+
+    def indent(index: int) -> int:
+        if index >= len(lines):  # the end of the file
+            return -1
+        row = lines[index]
+        return len(row) - len(row.lstrip(" \t"))
+
+    opener = _OPENERS.get(exc.context or "")
+    if opener and context is not None and (
+        problem is None or (problem.line > context.line and indent(problem.line) <= indent(context.line))
+    ):
+        return min(context.line + 1, last), f"{opener} ({reason})"
+    mark = problem or context
+    hint = next((h for key, h in _HINTS.items() if key in reason), None)
+    return (min(mark.line + 1, last) if mark else 1), (f"{reason} ({hint})" if hint else reason)
