@@ -1,0 +1,278 @@
+/*
+ * steernpc.h — the C ABI of the SteerNPC native client core (libsteernpc).
+ *
+ * One client core serves every engine: Unity calls it through P/Invoke, Unreal links it as a
+ * ThirdParty module, anything else that can call C can use it too. It talks gRPC
+ * (steernpc.v1.NpcService, proto/steernpc/v1/npc.proto) to a `steernpc serve` server.
+ *
+ * THREADING
+ *   - Every function is thread-safe and may be called from any thread.
+ *   - Each client owns one background thread that drives its gRPC completion queue. Streamed
+ *     replies (npc_say) arrive on that thread and are queued; the game thread collects them
+ *     with npc_poll(), typically once per frame. No callback ever runs on an engine thread:
+ *     there are no callbacks at all.
+ *   - npc_say, npc_cancel and npc_poll never block on the network.
+ *   - The unary calls (npc_list_characters, npc_session_*, npc_steer) block the calling
+ *     thread for at most the client's default deadline. Call them at load time, or from a
+ *     worker thread if a frame hitch matters.
+ *
+ * ERRORS
+ *   Functions returning int: a value >= 0 means success; a negative value is the negated gRPC
+ *   status code of the failure (e.g. -5 NOT_FOUND, -14 UNAVAILABLE, -16 UNAUTHENTICATED; local
+ *   argument errors are -3 INVALID_ARGUMENT). npc_last_error() / npc_last_error_code() give the
+ *   message and code of the last failure on the calling thread. Failures of a streamed reply
+ *   arrive as an NPC_EVENT_ERROR event instead.
+ *
+ * BUFFERS ("size protocol")
+ *   Functions that write a string into a caller buffer (char* buf, size_t cap) return the size
+ *   the result needs INCLUDING the terminating NUL. The result was written only if that size is
+ *   <= cap; otherwise nothing is written (buf[0] is set to NUL when cap > 0) and the caller
+ *   retries with a buffer of the returned size. Passing buf = NULL, cap = 0 just asks for the size
+ *   (it still performs the call). Binary results (npc_session_export) follow the same rule
+ *   without the NUL.
+ *
+ * ATTRIBUTE STRINGS
+ *   Attribute vectors travel as "name:value,name:value" (whitespace ignored, '=' accepted for
+ *   ':'), e.g. "humor:4,verbosity:1". NULL or "" means none. Applied attributes in a done event
+ *   use the same form, sorted by name.
+ *
+ * RECONNECTION
+ *   The client keeps one gRPC channel. When the server goes away, calls fail fast with
+ *   UNAVAILABLE (14) — an error return for unary calls, an NPC_EVENT_ERROR event for replies in
+ *   flight — and the channel reconnects in the background with exponential backoff (250 ms up to
+ *   npc_client_options.max_reconnect_backoff_ms, default 5000 ms). Nothing needs recreating: the
+ *   same client works again once the server is back. npc_client_state() reports the state.
+ */
+#ifndef STEERNPC_H
+#define STEERNPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#  if defined(STEERNPC_BUILDING)
+#    define NPC_API __declspec(dllexport)
+#  elif defined(STEERNPC_STATIC)
+#    define NPC_API
+#  else
+#    define NPC_API __declspec(dllimport)
+#  endif
+#else
+#  define NPC_API __attribute__((visibility("default")))
+#endif
+
+#define STEERNPC_VERSION_MAJOR 0
+#define STEERNPC_VERSION_MINOR 1
+#define STEERNPC_VERSION_PATCH 0
+
+/** An opaque client: one channel, one completion-queue thread, one event queue. */
+typedef struct npc_client npc_client;
+
+/** Identifies one npc_say reply; > 0. Unique within a client. */
+typedef int64_t npc_request_id;
+
+/** Options for npc_client_create. Zero-initialise, then set what you need. */
+typedef struct npc_client_options {
+    /** Server address, e.g. "127.0.0.1:50051" or "dns:///npc.example.com:443". Required. */
+    const char* target;
+    /** Sent as "authorization: Bearer <api_key>" on every call. NULL or "" = none. */
+    const char* api_key;
+    /** PEM root certificates for TLS. NULL with use_tls = 0: plaintext. NULL with use_tls = 1:
+     *  the system roots. Non-NULL implies TLS. */
+    const char* root_certs_pem;
+    /** 1 = TLS (see root_certs_pem), 0 = plaintext unless root_certs_pem is set. */
+    int32_t use_tls;
+    /** Deadline of each blocking unary call, ms. 0 = 10000. */
+    int32_t default_deadline_ms;
+    /** Deadline of a whole streamed reply (npc_say), ms. 0 = none. */
+    int32_t say_deadline_ms;
+    /** Upper bound of the reconnect backoff, ms. 0 = 5000. */
+    int32_t max_reconnect_backoff_ms;
+    /** 1 = calls wait (up to their deadline) for the server instead of failing fast with
+     *  UNAVAILABLE while it is unreachable. 0 (default) = fail fast. */
+    int32_t wait_for_ready;
+} npc_client_options;
+
+typedef enum npc_event_type {
+    NPC_EVENT_NONE = 0,
+    /** A piece of the reply text (text). */
+    NPC_EVENT_DELTA = 1,
+    /** The reply finished: full text, finish_reason, applied attributes, usage. Last event. */
+    NPC_EVENT_DONE = 2,
+    /** The reply failed: status_code (gRPC code), text = message. Last event. */
+    NPC_EVENT_ERROR = 3
+} npc_event_type;
+
+/** Values of npc_event.finish_reason (steernpc.v1.FinishReason). */
+typedef enum npc_finish_reason {
+    NPC_FINISH_UNSPECIFIED = 0,
+    NPC_FINISH_STOP = 1,
+    NPC_FINISH_LENGTH = 2,
+    NPC_FINISH_CANCELLED = 3
+} npc_finish_reason;
+
+/**
+ * One event from npc_poll. Fixed layout, only scalars and pointers, so it marshals to C# as a
+ * plain sequential struct (IntPtr for the strings).
+ *
+ * The string fields are owned by the library: they are never NULL (an absent value is ""), are
+ * UTF-8 and NUL-terminated, and stay valid until the next npc_poll / npc_poll_wait call made by
+ * the SAME thread (on any client). Copy them if you need them longer. Nothing is to be freed.
+ */
+typedef struct npc_event {
+    npc_request_id request_id;   /* the npc_say this event belongs to */
+    int32_t type;                /* npc_event_type */
+    int32_t finish_reason;       /* DONE: npc_finish_reason */
+    int32_t status_code;         /* ERROR: gRPC status code (e.g. 5 NOT_FOUND, 14 UNAVAILABLE) */
+    int32_t prompt_tokens;       /* DONE: usage reported by the server */
+    int32_t completion_tokens;   /* DONE */
+    float server_ttft_ms;        /* DONE: server-side time to first token */
+    float server_total_ms;       /* DONE: server-side total time */
+    int32_t text_len;            /* bytes in text, without the NUL */
+    const char* text;            /* DELTA: the piece; DONE: full reply; ERROR: message */
+    const char* attributes;      /* DONE: applied vector, "name:value,..." sorted by name */
+    const char* session_id;      /* the session the reply belongs to */
+    const char* interaction_id;  /* the wire interaction id (what the server logs) */
+} npc_event;
+
+/** Per-reply options for npc_say_ex. Zero-initialise; 0 / NULL fields take server defaults. */
+typedef struct npc_say_options {
+    const char* attributes;      /* this reply only, "name:value,..." */
+    int32_t max_new_tokens;
+    float temperature;
+    float top_p;
+    int32_t top_k;
+    uint64_t seed;
+} npc_say_options;
+
+/** Options for npc_session_create_ex. Zero-initialise; character_id is required. */
+typedef struct npc_session_options {
+    const char* character_id;
+    const char* session_id;      /* optional, client-chosen */
+    const char* mood;            /* optional */
+    const char* attributes;      /* optional session-level steer, "name:value,..." */
+    const char* player_name;     /* optional */
+} npc_session_options;
+
+/** Channel connectivity, as grpc_connectivity_state. */
+typedef enum npc_client_state_t {
+    NPC_STATE_IDLE = 0,
+    NPC_STATE_CONNECTING = 1,
+    NPC_STATE_READY = 2,
+    NPC_STATE_TRANSIENT_FAILURE = 3,
+    NPC_STATE_SHUTDOWN = 4
+} npc_client_state_t;
+
+/* ---------------------------------------------------------------------------------------- */
+/* Library                                                                                   */
+
+/** "MAJOR.MINOR.PATCH". Static string. */
+NPC_API const char* npc_version(void);
+
+/** Message of the last failure on this thread ("" if none). Valid until the next failing call
+ *  on this thread. */
+NPC_API const char* npc_last_error(void);
+
+/** gRPC status code of the last failure on this thread (0 if none). */
+NPC_API int32_t npc_last_error_code(void);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Client                                                                                    */
+
+/** Create a client. Does not connect yet (the first call does). NULL on bad options; see
+ *  npc_last_error(). */
+NPC_API npc_client* npc_client_create(const npc_client_options* options);
+
+/** Cancel every reply in flight, stop the background thread and free the client. Events not
+ *  yet polled are dropped. Must not race with other calls on the same client. NULL is ignored. */
+NPC_API void npc_client_destroy(npc_client* client);
+
+/** Current channel state (npc_client_state_t). try_to_connect = 1 starts connecting if idle. */
+NPC_API int32_t npc_client_state(npc_client* client, int32_t try_to_connect);
+
+/** Block up to timeout_ms until the channel is READY. 0 on success, -14 (UNAVAILABLE) on
+ *  timeout, -4 if interrupted by destroy. */
+NPC_API int32_t npc_client_wait_connected(npc_client* client, int32_t timeout_ms);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Characters and sessions (blocking, default deadline)                                      */
+
+/** Writes the server's characters as a JSON array (steernpc.v1.Character objects with proto
+ *  field names: id, name, role, attributes, moods, greeting, schema, limits) into buf.
+ *  Size protocol (see top). */
+NPC_API int32_t npc_list_characters(npc_client* client, char* buf, size_t cap);
+
+/** Create a session for character_id; its id is written to out_id. Size protocol.
+ *  -5 (NOT_FOUND) for an unknown character. */
+NPC_API int32_t npc_session_create(npc_client* client, const char* character_id, char* out_id,
+                                   size_t cap);
+
+/** npc_session_create with mood, attributes, player name or a client-chosen id. */
+NPC_API int32_t npc_session_create_ex(npc_client* client, const npc_session_options* options,
+                                      char* out_id, size_t cap);
+
+/** The session as JSON (steernpc.v1.Session: session_id, character_id, mood, attributes,
+ *  turns). Size protocol. */
+NPC_API int32_t npc_session_get(npc_client* client, const char* session_id, char* buf,
+                                size_t cap);
+
+/** Delete a session. 0 on success. */
+NPC_API int32_t npc_session_delete(npc_client* client, const char* session_id);
+
+/** Steer a session for the rest of its life: mood (NULL/"" = keep) and attributes
+ *  ("name:value,...", NULL/"" = none). 0 on success; -3 with the field named for an unknown
+ *  attribute or an out-of-range value. */
+NPC_API int32_t npc_steer(npc_client* client, const char* session_id, const char* mood,
+                          const char* attributes);
+
+/** npc_steer with clear = 1: drop earlier mood and steer overrides first. */
+NPC_API int32_t npc_steer_ex(npc_client* client, const char* session_id, const char* mood,
+                             const char* attributes, int32_t clear);
+
+/** Snapshot a session (msgpack bytes, for save games) into buf. Size protocol, no NUL. */
+NPC_API int32_t npc_session_export(npc_client* client, const char* session_id, uint8_t* buf,
+                                   size_t cap);
+
+/** Restore a snapshot; the session's id is written to out_id. Size protocol. */
+NPC_API int32_t npc_session_import(npc_client* client, const uint8_t* data, size_t len,
+                                   char* out_id, size_t cap);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Replies (non-blocking)                                                                    */
+
+/** Start a streamed reply to `text` in a session. Returns its request id (> 0), or a negative
+ *  status (-3 bad arguments, e.g. an unparsable attribute string). Everything else — unknown
+ *  session, server down, bad attribute values — arrives as an NPC_EVENT_ERROR event.
+ *  attribute_overrides: this reply only, "name:value,..." or NULL. */
+NPC_API npc_request_id npc_say(npc_client* client, const char* session_id, const char* text,
+                               const char* attribute_overrides);
+
+/** npc_say with generation options. options may be NULL. */
+NPC_API npc_request_id npc_say_ex(npc_client* client, const char* session_id, const char* text,
+                                  const npc_say_options* options);
+
+/** Ask the server to stop a reply. The reply then ends with an NPC_EVENT_DONE whose
+ *  finish_reason is NPC_FINISH_CANCELLED (or with its normal done if it had already finished).
+ *  0 if the request was in flight, -5 if it is unknown or already finished. Non-blocking. */
+NPC_API int32_t npc_cancel(npc_client* client, npc_request_id request_id);
+
+/** Take the next event, if any. 1 = an event was written to *out, 0 = none (out->type =
+ *  NPC_EVENT_NONE), negative = bad arguments. Never blocks. */
+NPC_API int32_t npc_poll(npc_client* client, npc_event* out);
+
+/** npc_poll that waits up to timeout_ms for an event (for tools and tests; a game loop should
+ *  use npc_poll). */
+NPC_API int32_t npc_poll_wait(npc_client* client, npc_event* out, int32_t timeout_ms);
+
+/** Number of replies in flight (started, final event not yet queued). */
+NPC_API int32_t npc_pending(npc_client* client);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* STEERNPC_H */

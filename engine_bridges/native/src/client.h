@@ -1,0 +1,174 @@
+// The native client: one gRPC channel, one completion-queue thread, one event queue.
+//
+// Streamed replies (Say) run on the grpc++ async API. Their operations complete on the
+// client's own thread (Loop), which turns stream messages into Events and appends them to a
+// mutex-guarded queue; engine threads only take events out (Poll). Unary calls are blocking
+// calls on the caller's thread with the default deadline.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <grpcpp/grpcpp.h>
+
+#include "steernpc/v1/npc.grpc.pb.h"
+
+namespace steernpc {
+
+enum class EventType : int32_t { kNone = 0, kDelta = 1, kDone = 2, kError = 3 };
+
+struct Event {
+  int64_t request_id = 0;
+  EventType type = EventType::kNone;
+  int32_t finish_reason = 0;
+  int32_t status_code = 0;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  float server_ttft_ms = 0.f;
+  float server_total_ms = 0.f;
+  std::string text;
+  std::string attributes;
+  std::string session_id;
+  std::string interaction_id;
+};
+
+struct ClientOptions {
+  std::string target;
+  std::string api_key;
+  std::string root_certs_pem;
+  bool use_tls = false;
+  int default_deadline_ms = 10000;
+  int say_deadline_ms = 0;
+  int max_reconnect_backoff_ms = 5000;
+  bool wait_for_ready = false;
+};
+
+struct SayOptions {
+  google::protobuf::Map<std::string, int32_t> attributes;
+  int32_t max_new_tokens = 0;
+  float temperature = 0.f;
+  float top_p = 0.f;
+  int32_t top_k = 0;
+  uint64_t seed = 0;
+};
+
+class Client;
+class CancelOp;
+
+// Something waiting on the completion queue. The tag passed to grpc is an Op*.
+struct Op {
+  virtual ~Op() = default;
+  virtual void Proceed(bool ok) = 0;
+};
+
+// One streamed reply.
+class SayCall : public std::enable_shared_from_this<SayCall> {
+ public:
+  SayCall(Client* client, int64_t id, std::string session_id, std::string interaction_id)
+      : client_(client), id_(id), session_id_(std::move(session_id)),
+        interaction_id_(std::move(interaction_id)) {}
+
+  void Start(const v1::SayRequest& request);
+  // Local cancellation (the server did not stop it, or the client is going away).
+  void TryCancel() { context_.TryCancel(); }
+  bool MarkCancelRequested() { return !cancel_requested_.exchange(true); }
+  bool cancel_requested() const { return cancel_requested_.load(); }
+  bool finished() const { return finished_.load(); }
+  bool final_queued() const { return final_queued_.load(); }
+  int64_t id() const { return id_; }
+  const std::string& interaction_id() const { return interaction_id_; }
+  std::chrono::steady_clock::time_point cancel_deadline;  // guarded by Client::mu_
+
+ private:
+  struct Tag : Op {
+    SayCall* call;
+    void (SayCall::*fn)(bool);
+    Tag(SayCall* c, void (SayCall::*f)(bool)) : call(c), fn(f) {}
+    void Proceed(bool ok) override { (call->*fn)(ok); }
+  };
+  void OnStarted(bool ok);
+  void OnRead(bool ok);
+  void OnFinished(bool ok);
+  Event MakeEvent(EventType type) const;
+
+  Client* client_;
+  const int64_t id_;
+  const std::string session_id_;
+  const std::string interaction_id_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientAsyncReader<v1::SayEvent>> reader_;
+  v1::SayEvent incoming_;
+  grpc::Status status_;
+  std::string text_;            // deltas so far
+  std::atomic<bool> final_queued_{false};  // a done / error event was queued
+  std::atomic<bool> cancel_requested_{false};
+  std::atomic<bool> finished_{false};
+  Tag started_tag_{this, &SayCall::OnStarted};
+  Tag read_tag_{this, &SayCall::OnRead};
+  Tag finish_tag_{this, &SayCall::OnFinished};
+};
+
+class Client {
+ public:
+  explicit Client(ClientOptions options);
+  ~Client();
+
+  // Blocking unary calls: return a grpc::Status; the C layer maps it.
+  grpc::Status ListCharacters(v1::ListCharactersResponse* out);
+  grpc::Status CreateSession(const v1::CreateSessionRequest& req, v1::Session* out);
+  grpc::Status GetSession(const std::string& session_id, v1::Session* out);
+  grpc::Status DeleteSession(const std::string& session_id);
+  grpc::Status Steer(const v1::SteerRequest& req, v1::Session* out);
+  grpc::Status ExportSession(const std::string& session_id, v1::SessionSnapshot* out);
+  grpc::Status ImportSession(const std::string& data, v1::Session* out);
+
+  // Non-blocking.
+  int64_t Say(const std::string& session_id, const std::string& text, const SayOptions& options);
+  bool Cancel(int64_t request_id);
+  bool Poll(Event* out, int timeout_ms);
+  int Pending();
+  int State(bool try_to_connect);
+  bool WaitConnected(int timeout_ms);
+
+  // Used by SayCall (CQ thread).
+  void Push(Event event);
+  void CallFinished(int64_t id);
+  void PrepareContext(grpc::ClientContext* ctx, int deadline_ms) const;
+  v1::NpcService::Stub* stub() { return stub_.get(); }
+  grpc::CompletionQueue* cq() { return &cq_; }
+  const ClientOptions& options() const { return options_; }
+
+ private:
+  friend class CancelOp;
+  void Loop();
+  void CheckCancelDeadlines();
+  void CancelOpDone(Op* op);
+
+  const ClientOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::NpcService::Stub> stub_;
+  grpc::CompletionQueue cq_;
+  std::thread thread_;
+  std::string id_prefix_;
+  std::atomic<int64_t> next_id_{1};
+  std::atomic<bool> shutting_down_{false};
+
+  std::mutex mu_;
+  std::condition_variable events_cv_;   // an event was queued
+  std::condition_variable drained_cv_;  // a call or cancel op finished (destroy waits)
+  std::deque<Event> events_;
+  std::unordered_map<int64_t, std::shared_ptr<SayCall>> calls_;
+  std::unordered_set<CancelOp*> cancel_ops_;
+  int pending_ = 0;  // calls whose final event is not queued yet
+};
+
+}  // namespace steernpc
