@@ -1,0 +1,363 @@
+"""The steernpc.v1.NpcService implementation (grpc.aio).
+
+Every handler validates first and answers with a status that says what to fix; nothing a
+client sends can crash the server or touch another session. Generation runs on the
+backend's engine thread; handlers only await its Stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import AsyncIterator
+
+import grpc
+
+from steernpc.attributes import InvalidAttribute
+from steernpc.dialogue import prepare_turn
+from steernpc.generation.base import Backend, Delta, Finished, QueueFull
+from steernpc.persona import Persona
+from steernpc.prompt import Exchange
+from steernpc.server.characters import CharacterRegistry
+from steernpc.server.metrics import Metrics
+from steernpc.sessions import Session, SessionStore, SnapshotError, export_snapshot, import_snapshot
+from steernpc.wire import pb, pb_grpc
+
+log = logging.getLogger("steernpc.server")
+
+FINISH = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "cancelled": pb.FINISH_REASON_CANCELLED,
+}
+
+
+class RequestError(Exception):
+    """A request problem with the gRPC status to answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code, self.message = code, message
+        super().__init__(message)
+
+
+def _invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+class NpcServicer(pb_grpc.NpcServiceServicer):
+    def __init__(
+        self,
+        characters: CharacterRegistry,
+        store: SessionStore,
+        backend: Backend | None,
+        fmt: str = "chat",
+        history_tokens: int = 1024,
+        metrics: Metrics | None = None,
+    ):
+        self.characters = characters
+        self.store = store
+        self.backend = backend  # None while the model loads
+        self.fmt = fmt
+        self.history_tokens = history_tokens
+        self.metrics = metrics or Metrics()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._interactions: dict[str, object] = {}  # interaction id -> Stream
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _persona(self, character_id: str) -> Persona:
+        if not character_id:
+            raise _invalid("character_id is empty; ListCharacters gives the ids")
+        persona = self.characters.get(character_id)
+        if persona is None:
+            known = ", ".join(p.id for p in self.characters.all())
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"character {character_id!r} not found; characters: {known}")
+        return persona
+
+    async def _session(self, session_id: str) -> Session:
+        if not session_id:
+            raise _invalid("session_id is empty")
+        session = await asyncio.to_thread(self.store.get, session_id)
+        if session is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} not found (deleted, expired or never created)")
+        return session
+
+    def _session_message(self, session: Session, persona: Persona | None = None) -> pb.Session:
+        persona = persona or self.characters.get(session.character_id)
+        attributes = persona.resolve(mood=session.mood or None, steer=session.steer) if persona else {}
+        return pb.Session(
+            session_id=session.session_id,
+            character_id=session.character_id,
+            mood=session.mood,
+            attributes=attributes,
+            turns=session.turns,
+        )
+
+    @staticmethod
+    def _check_steering(persona: Persona, mood: str | None, steer: dict, override: dict | None = None) -> dict[str, int]:
+        try:
+            return persona.resolve(mood=mood or None, steer=steer, override=override)
+        except InvalidAttribute as exc:
+            raise _invalid(str(exc)) from None
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
+
+    def _ready_backend(self) -> Backend:
+        if self.backend is None:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry in a few seconds")
+        return self.backend
+
+    # -- characters ------------------------------------------------------------------------------
+    def _character_message(self, persona: Persona) -> pb.Character:
+        return pb.Character(
+            id=persona.id,
+            name=persona.name,
+            role=persona.role,
+            attributes=persona.resolve(),
+            moods=sorted(persona.moods),
+            greeting=persona.greeting,
+            schema=[
+                pb.AttributeSpec(name=s.name, min=s.min, max=s.max, default_value=s.default, description=s.description)
+                for s in persona.schema.specs
+            ],
+            limits={name: f"{low}..{high}" for name, (low, high) in persona.limits.items()},
+        )
+
+    async def ListCharacters(self, request, context):
+        return pb.ListCharactersResponse(characters=[self._character_message(p) for p in self.characters.all()])
+
+    async def GetCharacter(self, request, context):
+        return await _unary(context, lambda: self._character_message(self._persona(request.character_id)))
+
+    # -- sessions -----------------------------------------------------------------------------------
+    async def CreateSession(self, request, context):
+        async def run():
+            persona = self._persona(request.character_id)
+            steer = dict(request.attributes)
+            self._check_steering(persona, request.mood, steer)
+            session_id = request.session_id or uuid.uuid4().hex
+            if len(session_id) > 128:
+                raise _invalid("session_id is longer than 128 characters")
+            if await asyncio.to_thread(self.store.get, session_id) is not None:
+                raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"session {session_id!r} already exists")
+            session = Session.new(
+                persona.id, session_id, mood=request.mood, steer=steer,
+                player_name=request.player_name, context=dict(request.context),
+            )  # fmt: skip
+            await asyncio.to_thread(self.store.put, session)
+            return self._session_message(session, persona)
+
+        return await _unary(context, run)
+
+    async def GetSession(self, request, context):
+        async def run():
+            return self._session_message(await self._session(request.session_id))
+
+        return await _unary(context, run)
+
+    async def DeleteSession(self, request, context):
+        async def run():
+            if not request.session_id:
+                raise _invalid("session_id is empty")
+            if not await asyncio.to_thread(self.store.delete, request.session_id):
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} not found")
+            self._locks.pop(request.session_id, None)
+            if self.backend is not None:
+                self.backend.drop_cache(request.session_id)
+            return pb.DeleteSessionResponse()
+
+        return await _unary(context, run)
+
+    async def _steer(self, request) -> pb.Session:
+        async with self._lock(request.session_id):
+            session = await self._session(request.session_id)
+            persona = self._persona(session.character_id)
+            mood = request.mood or ("" if request.clear else session.mood)
+            steer = {} if request.clear else dict(session.steer)
+            steer.update(request.attributes)
+            self._check_steering(persona, mood, steer)
+            session.apply_steer(mood=request.mood or None, attributes=dict(request.attributes), clear=request.clear)
+            await asyncio.to_thread(self.store.put, session)
+            return self._session_message(session, persona)
+
+    async def Steer(self, request, context):
+        return await _unary(context, lambda: self._steer(request))
+
+    async def ExportSession(self, request, context):
+        async def run():
+            return pb.SessionSnapshot(data=export_snapshot(await self._session(request.session_id)))
+
+        return await _unary(context, run)
+
+    async def ImportSession(self, request, context):
+        async def run():
+            try:
+                session = import_snapshot(request.data)
+            except SnapshotError as exc:
+                raise _invalid(f"snapshot: {exc}") from None
+            persona = self._persona(session.character_id)
+            self._check_steering(persona, session.mood, session.steer)
+            async with self._lock(session.session_id):
+                await asyncio.to_thread(self.store.put, session)
+            return self._session_message(session, persona)
+
+        return await _unary(context, run)
+
+    # -- dialogue -----------------------------------------------------------------------------------
+    async def _say_events(self, request) -> AsyncIterator[pb.SayEvent]:
+        """Deltas then one done for a SayRequest; raises RequestError before the first event."""
+        backend = self._ready_backend()
+        interaction_id = request.interaction_id or uuid.uuid4().hex
+        if interaction_id in self._interactions:
+            raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"interaction {interaction_id!r} is already running")
+        if not request.text.strip():
+            raise _invalid("text is empty: the player must say something")
+        async with self._lock(request.session_id):
+            session = await self._session(request.session_id)
+            persona = self._persona(session.character_id)
+            override = dict(request.attributes)
+            self._check_steering(persona, session.mood, session.steer, override)
+            o = request.options
+            options = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k}
+            if o.seed:
+                options["seed"] = o.seed
+            try:
+                turn = prepare_turn(
+                    persona, self.fmt, backend.tokenizer, session.window(backend.count_tokens, self.history_tokens),
+                    request.text, session.mood or None, session.steer, override, options, cache_key=session.session_id,
+                    player_name=session.player_name, context=session.context, request_id=interaction_id,
+                )  # fmt: skip
+                stream = backend.submit(turn.request)
+            except QueueFull as exc:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            except (InvalidAttribute, ValueError) as exc:
+                raise _invalid(str(exc)) from None
+            self._interactions[interaction_id] = stream
+            final: Finished | None = None
+            started = last = time.perf_counter()
+            try:
+                async for event in stream:
+                    if isinstance(event, Delta):
+                        now = time.perf_counter()
+                        (self.metrics.ttft if last == started else self.metrics.inter_token).observe(now - last)
+                        last = now
+                        yield pb.SayEvent(interaction_id=interaction_id, delta=pb.ReplyDelta(text=event.text))
+                    else:
+                        final = event
+            finally:
+                self._interactions.pop(interaction_id, None)
+                if final is None:  # the caller went away (cancel, disconnect, deadline)
+                    stream.cancel()
+                    final = await asyncio.to_thread(stream.result, 30)
+                self.metrics.reply_finished(session.session_id, final.reason, final.completion_tokens)
+                self.metrics.backend_stats(backend.stats())
+                if final.reason != "error" and final.text:
+                    session.record(request.text, final.text, turn.attributes)
+                    await asyncio.to_thread(self.store.put, session)
+            if final.reason == "error":
+                raise RequestError(grpc.StatusCode.INTERNAL, f"generation failed: {final.error}")
+            yield pb.SayEvent(
+                interaction_id=interaction_id,
+                done=pb.ReplyDone(
+                    text=final.text,
+                    finish_reason=FINISH.get(final.reason, pb.FINISH_REASON_UNSPECIFIED),
+                    attributes=turn.attributes,
+                    usage=pb.Usage(
+                        prompt_tokens=final.prompt_tokens,
+                        completion_tokens=final.completion_tokens,
+                        time_to_first_token_ms=final.ttft_ms,
+                        total_ms=final.total_ms,
+                        cached_tokens=final.cached_tokens,
+                    ),
+                ),
+            )
+
+    async def Say(self, request, context):
+        try:
+            async for event in self._say_events(request):
+                yield event
+        except RequestError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def Cancel(self, request, context):
+        async def run():
+            stream = self._interactions.get(request.interaction_id)
+            if stream is None:
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"interaction {request.interaction_id!r} is not running")
+            stream.cancel()
+            return pb.CancelResponse(cancelled=True)
+
+        return await _unary(context, run)
+
+    async def Converse(self, request_iterator, context):
+        """say / steer / cancel on one stream; each say runs as its own task so a cancel
+        can arrive while it streams. Problems come back as `error` events."""
+        out: asyncio.Queue = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def run_say(say):
+            iid = say.interaction_id
+            try:
+                async for event in self._say_events(say):
+                    await out.put(event)
+            except RequestError as exc:
+                await out.put(pb.SayEvent(interaction_id=iid, error=pb.ReplyError(code=exc.code.value[0], message=exc.message)))
+
+        async def reader():
+            async for message in request_iterator:
+                kind = message.WhichOneof("request")
+                if kind == "say":
+                    say = message.say
+                    if not say.interaction_id:
+                        say.interaction_id = uuid.uuid4().hex
+                    task = asyncio.create_task(run_say(say))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                elif kind == "steer":
+                    try:
+                        session = await self._steer(message.steer)
+                        await out.put(pb.SayEvent(session=session))
+                    except RequestError as exc:
+                        await out.put(pb.SayEvent(error=pb.ReplyError(code=exc.code.value[0], message=exc.message)))
+                elif kind == "cancel":
+                    stream = self._interactions.get(message.cancel.interaction_id)
+                    if stream is not None:
+                        stream.cancel()
+                    else:
+                        await out.put(
+                            pb.SayEvent(
+                                interaction_id=message.cancel.interaction_id,
+                                error=pb.ReplyError(code=grpc.StatusCode.NOT_FOUND.value[0], message="interaction is not running"),
+                            )
+                        )
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await out.put(None)
+
+        read_task = asyncio.create_task(reader())
+        try:
+            while True:
+                event = await out.get()
+                if event is None:
+                    break
+                yield event
+        finally:
+            read_task.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+
+async def _unary(context, fn):
+    """Run a handler body; turn RequestError into the matching status."""
+    try:
+        result = fn()
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
+    except RequestError as exc:
+        await context.abort(exc.code, exc.message)
