@@ -1,1 +1,737 @@
-int main(){return 0;}
+// Native tests of libsteernpc against a real `steernpc serve`.
+//
+//   steernpc_tests <case>        (ctest runs one process per case; `steernpc_tests --list`)
+//
+// Environment:
+//   STEERNPC_TEST_TARGET       host:port of a running server (required, else the case is skipped: 77)
+//   STEERNPC_TEST_API_KEY      the server's API key ("" if it runs without auth)
+//   STEERNPC_TEST_CHARACTER    a character id (default: brom)
+//   STEERNPC_TEST_CONTROL_DIR  for the restart cases: the harness (tests/test_native_bridge.py)
+//                              watches this folder for "<n>.request" files (stop | start |
+//                              restart) and answers with "<n>.done" when it is done.
+//
+// Uses only the C ABI, as an engine would. No test framework: CHECK prints file:line and exits 1.
+#include <steernpc/steernpc.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifdef _WIN32
+#include <process.h>
+static int getpid_portable() { return _getpid(); }
+#else
+#include <unistd.h>
+static int getpid_portable() { return static_cast<int>(getpid()); }
+#endif
+
+namespace {
+
+// ---- layout guard: the C# / Unreal bindings rely on it (see NativeMethods.cs) ----------------
+static_assert(sizeof(void*) != 8 || sizeof(npc_event) == 72, "npc_event layout changed");
+static_assert(sizeof(void*) != 8 || offsetof(npc_event, text) == 40, "npc_event layout changed");
+static_assert(sizeof(void*) != 8 || offsetof(npc_event, interaction_id) == 64, "npc_event layout changed");
+static_assert(sizeof(void*) != 8 || sizeof(npc_say_options) == 32, "npc_say_options layout changed");
+static_assert(sizeof(void*) != 8 || sizeof(npc_client_options) == 48, "npc_client_options layout changed");
+
+#define CHECK(cond)                                                                      \
+  do {                                                                                   \
+    if (!(cond)) {                                                                       \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s (last error %d: %s)\n", __FILE__,     \
+                   __LINE__, #cond, npc_last_error_code(), npc_last_error());            \
+      std::exit(1);                                                                      \
+    }                                                                                    \
+  } while (0)
+
+#define CHECK_EQ(a, b)                                                                   \
+  do {                                                                                   \
+    auto va_ = (a);                                                                      \
+    auto vb_ = (b);                                                                      \
+    if (!(va_ == vb_)) {                                                                 \
+      std::fprintf(stderr, "%s:%d: CHECK_EQ failed: %s == %s (%s vs %s; last error %d: %s)\n", \
+                   __FILE__, __LINE__, #a, #b, Show(va_).c_str(), Show(vb_).c_str(),     \
+                   npc_last_error_code(), npc_last_error());                             \
+      std::exit(1);                                                                      \
+    }                                                                                    \
+  } while (0)
+
+template <typename T>
+std::string Show(const T& v) { return std::to_string(v); }
+std::string Show(const std::string& v) { return "'" + v + "'"; }
+std::string Show(const char* v) { return v ? "'" + std::string(v) + "'" : "NULL"; }
+
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+std::string Env(const char* name, const char* fallback = "") {
+  const char* v = std::getenv(name);
+  return v ? v : fallback;
+}
+
+std::string Target() { return Env("STEERNPC_TEST_TARGET"); }
+std::string ApiKey() { return Env("STEERNPC_TEST_API_KEY"); }
+std::string Character() { return Env("STEERNPC_TEST_CHARACTER", "brom"); }
+
+struct ClientPtr {
+  npc_client* c = nullptr;
+  explicit ClientPtr(npc_client* client) : c(client) {}
+  ~ClientPtr() { npc_client_destroy(c); }
+  ClientPtr(const ClientPtr&) = delete;
+  ClientPtr& operator=(const ClientPtr&) = delete;
+  operator npc_client*() const { return c; }
+};
+
+npc_client* NewClient(const std::string& api_key, int deadline_ms = 15000) {
+  npc_client_options o{};
+  std::string target = Target();
+  o.target = target.c_str();
+  o.api_key = api_key.c_str();
+  o.default_deadline_ms = deadline_ms;
+  o.max_reconnect_backoff_ms = 1000;
+  npc_client* c = npc_client_create(&o);
+  CHECK(c != nullptr);
+  return c;
+}
+npc_client* NewClient() { return NewClient(ApiKey()); }
+
+std::string CreateSession(npc_client* c, const std::string& character = Character()) {
+  char id[128];
+  int32_t n = npc_session_create(c, character.c_str(), id, sizeof id);
+  CHECK(n > 0);
+  CHECK(n <= static_cast<int32_t>(sizeof id));
+  CHECK_EQ(static_cast<size_t>(n), std::strlen(id) + 1);
+  return id;
+}
+
+std::map<std::string, int> ParseAttrs(const std::string& s) {
+  std::map<std::string, int> out;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    size_t comma = s.find(',', pos);
+    if (comma == std::string::npos) comma = s.size();
+    std::string item = s.substr(pos, comma - pos);
+    size_t colon = item.find(':');
+    if (colon != std::string::npos) out[item.substr(0, colon)] = std::atoi(item.c_str() + colon + 1);
+    pos = comma + 1;
+  }
+  return out;
+}
+
+// The "attributes" object of a Session JSON, as a sorted map (maps have no order on the wire).
+std::map<std::string, int> JsonAttrs(const std::string& json) {
+  std::map<std::string, int> out;
+  size_t start = json.find("\"attributes\":{");
+  if (start == std::string::npos) return out;
+  size_t end = json.find('}', start);
+  std::string body = json.substr(start + 14, end - start - 14);
+  size_t pos = 0;
+  while ((pos = body.find('"', pos)) != std::string::npos) {
+    size_t close = body.find('"', pos + 1);
+    std::string name = body.substr(pos + 1, close - pos - 1);
+    out[name] = std::atoi(body.c_str() + body.find(':', close) + 1);
+    pos = body.find(',', close);
+    if (pos == std::string::npos) break;
+  }
+  return out;
+}
+
+template <typename K, typename V>
+std::string Show(const std::map<K, V>& m) {
+  std::string s = "{";
+  for (auto& kv : m) s += kv.first + ":" + std::to_string(kv.second) + " ";
+  return s + "}";
+}
+
+// Everything one reply produced.
+struct Reply {
+  int64_t id = 0;
+  std::vector<std::string> deltas;
+  int final_type = NPC_EVENT_NONE;
+  int finish_reason = 0;
+  int status_code = 0;
+  std::string text;  // done: full text; error: message
+  std::string attributes;
+  std::string session_id;
+  std::string joined() const {
+    std::string s;
+    for (auto& d : deltas) s += d;
+    return s;
+  }
+};
+
+// Poll until request `id` has its final event (events of other requests are a failure here).
+Reply Collect(npc_client* c, int64_t id, int timeout_ms = 60000,
+              const std::function<void(const Reply&)>& on_delta = nullptr) {
+  Reply r;
+  r.id = id;
+  auto start = Clock::now();
+  while (MsSince(start) < timeout_ms) {
+    npc_event e;
+    int got = npc_poll_wait(c, &e, 100);
+    CHECK(got >= 0);
+    if (got == 0) continue;
+    CHECK_EQ(e.request_id, id);
+    CHECK(e.text != nullptr && e.attributes != nullptr && e.session_id != nullptr);
+    CHECK_EQ(static_cast<size_t>(e.text_len), std::strlen(e.text));
+    r.session_id = e.session_id;
+    if (e.type == NPC_EVENT_DELTA) {
+      r.deltas.emplace_back(e.text, e.text_len);
+      if (on_delta) on_delta(r);
+      continue;
+    }
+    r.final_type = e.type;
+    r.finish_reason = e.finish_reason;
+    r.status_code = e.status_code;
+    r.text = e.text;
+    r.attributes = e.attributes;
+    return r;
+  }
+  std::fprintf(stderr, "no final event for request %lld within %d ms\n", (long long)id, timeout_ms);
+  std::exit(1);
+}
+
+Reply SayAndCollect(npc_client* c, const std::string& session, const char* text,
+                    const char* attrs = nullptr, int max_new_tokens = 12) {
+  npc_say_options o{};
+  o.attributes = attrs;
+  o.max_new_tokens = max_new_tokens;
+  npc_request_id id = npc_say_ex(c, session.c_str(), text, &o);
+  CHECK(id > 0);
+  return Collect(c, id);
+}
+
+void ExpectDone(const Reply& r) {
+  if (r.final_type != NPC_EVENT_DONE)
+    std::fprintf(stderr, "expected done, got type %d code %d: %s\n", r.final_type, r.status_code, r.text.c_str());
+  CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_DONE));
+}
+
+// ---- restart control (the pytest harness stops / starts the server) ---------------------------
+bool HaveControl() { return !Env("STEERNPC_TEST_CONTROL_DIR").empty(); }
+
+void Control(const std::string& what) {
+  static int n = 0;
+  std::string dir = Env("STEERNPC_TEST_CONTROL_DIR");
+  std::string base = dir + "/" + std::to_string(getpid_portable()) + "-" + std::to_string(++n);
+  {
+    std::ofstream tmp(base + ".tmp");
+    tmp << what;
+  }
+  std::rename((base + ".tmp").c_str(), (base + ".request").c_str());
+  auto start = Clock::now();
+  for (;;) {
+    std::ifstream done(base + ".done");
+    if (done.good()) break;
+    if (MsSince(start) > 180000) {
+      std::fprintf(stderr, "the harness did not answer '%s' within 180 s\n", what.c_str());
+      std::exit(1);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::fprintf(stderr, "[control] %s: done after %.0f ms\n", what.c_str(), MsSince(start));
+}
+
+// ================================================================================================
+// Cases
+
+void TestVersionAndArgs() {
+  CHECK(std::strlen(npc_version()) > 0);
+  CHECK(npc_client_create(nullptr) == nullptr);
+  CHECK_EQ(npc_last_error_code(), 3);
+  npc_client_options o{};
+  CHECK(npc_client_create(&o) == nullptr);
+  CHECK(std::strstr(npc_last_error(), "target") != nullptr);
+
+  ClientPtr c(NewClient());
+  npc_event e;
+  CHECK_EQ(npc_poll(c, &e), 0);  // nothing yet, never blocks
+  CHECK_EQ(e.type, static_cast<int32_t>(NPC_EVENT_NONE));
+  CHECK(e.text != nullptr);
+  CHECK_EQ(npc_poll(c, nullptr), -3);
+  CHECK_EQ(npc_say(c, nullptr, "hi", nullptr), static_cast<int64_t>(-3));
+  CHECK_EQ(npc_say(c, "s", "hi", "humor"), static_cast<int64_t>(-3));  // no value
+  CHECK(std::strstr(npc_last_error(), "humor") != nullptr);
+  CHECK_EQ(npc_say(c, "s", "hi", "humor:x"), static_cast<int64_t>(-3));
+  CHECK_EQ(npc_cancel(c, 12345), -5);
+  CHECK_EQ(npc_pending(c), 0);
+  npc_client_destroy(nullptr);
+}
+
+void TestListCharacters() {
+  ClientPtr c(NewClient());
+  int32_t need = npc_list_characters(c, nullptr, 0);
+  CHECK(need > 2);
+  // Too small: nothing written, the size comes back.
+  std::vector<char> small(static_cast<size_t>(need - 1), 'x');
+  CHECK_EQ(npc_list_characters(c, small.data(), small.size()), need);
+  CHECK_EQ(small[0], '\0');
+  std::vector<char> buf(static_cast<size_t>(need));
+  CHECK_EQ(npc_list_characters(c, buf.data(), buf.size()), need);
+  std::string json(buf.data());
+  CHECK_EQ(json.size() + 1, static_cast<size_t>(need));
+  CHECK(json.front() == '[' && json.back() == ']');
+  CHECK(json.find("\"id\":\"" + Character() + "\"") != std::string::npos);
+  CHECK(json.find("\"schema\"") != std::string::npos);
+  CHECK(json.find("\"moods\"") != std::string::npos);
+  std::printf("characters: %zu bytes of JSON\n", json.size());
+}
+
+void TestCreateSession() {
+  ClientPtr c(NewClient());
+  std::string id = CreateSession(c);
+  CHECK(!id.empty());
+  char json[4096];
+  int32_t n = npc_session_get(c, id.c_str(), json, sizeof json);
+  CHECK(n > 0 && n <= static_cast<int32_t>(sizeof json));
+  CHECK(std::strstr(json, ("\"character_id\":\"" + Character() + "\"").c_str()) != nullptr);
+  // A client-chosen id and a mood.
+  npc_session_options so{};
+  std::string chosen = "native-test-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
+  so.character_id = Character().c_str();
+  std::string ch = Character();
+  so.character_id = ch.c_str();
+  so.session_id = chosen.c_str();
+  so.player_name = "Ada";
+  char id2[128];
+  CHECK(npc_session_create_ex(c, &so, id2, sizeof id2) > 0);
+  CHECK_EQ(std::string(id2), chosen);
+  // Size protocol on a too-small buffer.
+  char tiny[2] = {'x', 'x'};
+  int32_t need = npc_session_create(c, Character().c_str(), tiny, sizeof tiny);
+  CHECK(need > 2);
+  CHECK_EQ(tiny[0], '\0');
+  // Delete, then it is gone.
+  CHECK_EQ(npc_session_delete(c, id.c_str()), 0);
+  CHECK_EQ(npc_session_get(c, id.c_str(), json, sizeof json), -5);
+  CHECK_EQ(npc_last_error_code(), 5);
+  CHECK_EQ(npc_session_delete(c, id.c_str()), -5);
+}
+
+void TestSayStreams() {
+  ClientPtr c(NewClient());
+  std::string session = CreateSession(c);
+  auto t0 = Clock::now();
+  npc_say_options o{};
+  o.max_new_tokens = 16;
+  npc_request_id id = npc_say_ex(c, session.c_str(), "Hello there, smith. What do you sell?", &o);
+  double say_ms = MsSince(t0);
+  CHECK(id > 0);
+  CHECK(say_ms < 50);  // npc_say does not wait for the network
+  CHECK_EQ(npc_pending(c), 1);
+  double first_ms = -1;
+  Reply r = Collect(c, id, 60000, [&](const Reply& partial) {
+    if (partial.deltas.size() == 1) first_ms = MsSince(t0);
+  });
+  ExpectDone(r);
+  CHECK(r.deltas.size() >= 2);
+  CHECK_EQ(r.joined(), r.text);  // the deltas add up to the done text
+  CHECK(r.finish_reason == NPC_FINISH_STOP || r.finish_reason == NPC_FINISH_LENGTH);
+  CHECK_EQ(r.session_id, session);
+  auto attrs = ParseAttrs(r.attributes);
+  CHECK(attrs.count("humor") == 1 && attrs.count("verbosity") == 1);
+  CHECK_EQ(npc_pending(c), 0);
+  npc_event e;
+  CHECK_EQ(npc_poll(c, &e), 0);  // nothing after the done
+  // The request id is finished now.
+  CHECK_EQ(npc_cancel(c, id), -5);
+  // A second turn in the same session works (ids increase).
+  Reply r2 = SayAndCollect(c, session, "And your prices?");
+  ExpectDone(r2);
+  CHECK(r2.id > id);
+  char json[4096];
+  CHECK(npc_session_get(c, session.c_str(), json, sizeof json) > 0);
+  CHECK(std::strstr(json, "\"turns\":2") != nullptr);
+  std::printf("%zu deltas, first after %.1f ms, attributes %s\n", r.deltas.size(), first_ms, r.attributes.c_str());
+}
+
+void TestSteer() {
+  ClientPtr c(NewClient());
+  std::string session = CreateSession(c);
+  Reply before = SayAndCollect(c, session, "Good morning.");
+  ExpectDone(before);
+  auto a0 = ParseAttrs(before.attributes);
+  CHECK(a0.count("humor") == 1);
+  int humor = a0["humor"] >= 3 ? 1 : 4;
+  std::string steer = "humor:" + std::to_string(humor) + ", verbosity = 3";
+  CHECK_EQ(npc_steer(c, session.c_str(), nullptr, steer.c_str()), 0);
+  Reply after = SayAndCollect(c, session, "Tell me a joke.");
+  ExpectDone(after);
+  auto a1 = ParseAttrs(after.attributes);
+  CHECK_EQ(a1["humor"], humor);
+  CHECK_EQ(a1["verbosity"], 3);
+  // A mood from the character sheet, then clear.
+  CHECK_EQ(npc_steer_ex(c, session.c_str(), "angry", nullptr, 1), 0);
+  char json[4096];
+  CHECK(npc_session_get(c, session.c_str(), json, sizeof json) > 0);
+  CHECK(std::strstr(json, "\"mood\":\"angry\"") != nullptr);
+  Reply angry = SayAndCollect(c, session, "Hello again.");
+  ExpectDone(angry);
+  auto a2 = ParseAttrs(angry.attributes);
+  CHECK_EQ(a2["humor"], a0["humor"]);  // clear dropped the humor steer
+  std::printf("before %s | steered %s | angry %s\n", before.attributes.c_str(), after.attributes.c_str(),
+              angry.attributes.c_str());
+  // Unknown mood / attribute: INVALID_ARGUMENT that names it.
+  CHECK_EQ(npc_steer(c, session.c_str(), "no-such-mood", nullptr), -3);
+  CHECK_EQ(npc_steer(c, session.c_str(), nullptr, "no_such_attribute:1"), -3);
+  CHECK(std::strstr(npc_last_error(), "no_such_attribute") != nullptr);
+  CHECK_EQ(npc_steer(c, "no-such-session", nullptr, "humor:1"), -5);
+}
+
+void TestPerReplyOverrides() {
+  ClientPtr c(NewClient());
+  std::string session = CreateSession(c);
+  Reply base = SayAndCollect(c, session, "Hi.");
+  ExpectDone(base);
+  int humor = ParseAttrs(base.attributes)["humor"] >= 3 ? 0 : 4;
+  std::string o = "humor:" + std::to_string(humor);
+  Reply over = SayAndCollect(c, session, "Hi again.", o.c_str());
+  ExpectDone(over);
+  CHECK_EQ(ParseAttrs(over.attributes)["humor"], humor);
+  Reply again = SayAndCollect(c, session, "Once more.");
+  ExpectDone(again);
+  CHECK_EQ(again.attributes, base.attributes);  // the override was for one reply only
+}
+
+void TestCancel() {
+  ClientPtr c(NewClient());
+  std::string session = CreateSession(c);
+  npc_say_options o{};
+  o.max_new_tokens = 4000;
+  o.temperature = 1.0f;
+  npc_request_id id = npc_say_ex(c, session.c_str(), "Tell me the whole history of Emberfall.", &o);
+  CHECK(id > 0);
+  bool cancelled = false;
+  Clock::time_point cancel_at;
+  Reply r = Collect(c, id, 60000, [&](const Reply& partial) {
+    if (!cancelled && partial.deltas.size() >= 3) {
+      CHECK_EQ(npc_cancel(c, id), 0);
+      CHECK_EQ(npc_cancel(c, id), 0);  // asking twice is fine
+      cancelled = true;
+      cancel_at = Clock::now();
+    }
+  });
+  CHECK(cancelled);
+  ExpectDone(r);
+  CHECK_EQ(r.finish_reason, static_cast<int>(NPC_FINISH_CANCELLED));
+  CHECK(r.joined().rfind(r.text, 0) == 0 || r.text.rfind(r.joined(), 0) == 0);
+  std::printf("cancelled after %zu deltas; done %.1f ms after npc_cancel\n", r.deltas.size(), MsSince(cancel_at));
+  CHECK(MsSince(cancel_at) < 5000);
+  CHECK_EQ(npc_cancel(c, id), -5);
+  // The session still works.
+  ExpectDone(SayAndCollect(c, session, "Short answer please."));
+}
+
+void TestUnknownCharacter() {
+  ClientPtr c(NewClient());
+  char id[128];
+  CHECK_EQ(npc_session_create(c, "no-such-character", id, sizeof id), -5);
+  CHECK_EQ(npc_last_error_code(), 5);
+  CHECK(std::strstr(npc_last_error(), "no-such-character") != nullptr);
+  std::printf("NOT_FOUND: %s\n", npc_last_error());
+}
+
+void TestUnknownSession() {
+  ClientPtr c(NewClient());
+  npc_request_id id = npc_say(c, "no-such-session", "Hello?", nullptr);
+  CHECK(id > 0);
+  Reply r = Collect(c, id);
+  CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_ERROR));
+  CHECK_EQ(r.status_code, 5);
+  CHECK(r.deltas.empty());
+  CHECK(!r.text.empty());
+  CHECK_EQ(npc_pending(c), 0);
+}
+
+void TestWrongApiKey() {
+  if (ApiKey().empty()) {
+    std::printf("the server runs without an API key; skipped\n");
+    std::exit(77);
+  }
+  ClientPtr bad(NewClient("not-the-key"));
+  char buf[64];
+  CHECK_EQ(npc_list_characters(bad, buf, sizeof buf), -16);
+  CHECK_EQ(npc_last_error_code(), 16);
+  std::printf("UNAUTHENTICATED: %s\n", npc_last_error());
+  ClientPtr none(NewClient(""));
+  CHECK_EQ(npc_session_create(none, Character().c_str(), buf, sizeof buf), -16);
+  // Streams report it as an error event.
+  ClientPtr good(NewClient());
+  std::string session = CreateSession(good);
+  npc_request_id id = npc_say(bad, session.c_str(), "Hello", nullptr);
+  CHECK(id > 0);
+  Reply r = Collect(bad, id);
+  CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_ERROR));
+  CHECK_EQ(r.status_code, 16);
+}
+
+void TestBadAttribute() {
+  ClientPtr c(NewClient());
+  std::string session = CreateSession(c);
+  npc_request_id id = npc_say(c, session.c_str(), "Hello", "humor:99");
+  CHECK(id > 0);
+  Reply r = Collect(c, id);
+  CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_ERROR));
+  CHECK_EQ(r.status_code, 3);
+  CHECK(r.text.find("humor") != std::string::npos);
+  std::printf("INVALID_ARGUMENT: %s\n", r.text.c_str());
+  char id2[128];
+  npc_session_options so{};
+  std::string ch = Character();
+  so.character_id = ch.c_str();
+  so.attributes = "bogus:2";
+  CHECK_EQ(npc_session_create_ex(c, &so, id2, sizeof id2), -3);
+}
+
+void TestExportImport() {
+  ClientPtr c(NewClient());
+  std::string session = CreateSession(c);
+  CHECK_EQ(npc_steer(c, session.c_str(), "friendly", "humor:3"), 0);
+  ExpectDone(SayAndCollect(c, session, "Remember me: my name is Ada."));
+  char before[4096];
+  CHECK(npc_session_get(c, session.c_str(), before, sizeof before) > 0);
+  int32_t need = npc_session_export(c, session.c_str(), nullptr, 0);
+  CHECK(need > 0);
+  std::vector<uint8_t> small(static_cast<size_t>(need) - 1);
+  CHECK_EQ(npc_session_export(c, session.c_str(), small.data(), small.size()), need);
+  std::vector<uint8_t> snapshot(static_cast<size_t>(need));
+  CHECK_EQ(npc_session_export(c, session.c_str(), snapshot.data(), snapshot.size()), need);
+  // The save game outlives the session.
+  CHECK_EQ(npc_session_delete(c, session.c_str()), 0);
+  char id[128];
+  int32_t n = npc_session_import(c, snapshot.data(), snapshot.size(), id, sizeof id);
+  CHECK(n > 0);
+  CHECK_EQ(std::string(id), session);
+  char after[4096];
+  CHECK(npc_session_get(c, id, after, sizeof after) > 0);
+  CHECK_EQ(JsonAttrs(after), JsonAttrs(before));
+  CHECK(JsonAttrs(after).size() >= 5);
+  CHECK(std::strstr(after, "\"mood\":\"friendly\"") != nullptr);
+  CHECK(std::strstr(after, "\"turns\":1") != nullptr);
+  CHECK(std::strstr(after, ("\"character_id\":\"" + Character() + "\"").c_str()) != nullptr);
+  std::printf("snapshot %d bytes; session %s\n", need, after);
+  Reply r = SayAndCollect(c, id, "Do you remember my name?");
+  ExpectDone(r);
+  CHECK(ParseAttrs(r.attributes)["humor"] == 3);
+  // Garbage is INVALID_ARGUMENT.
+  const uint8_t junk[] = {1, 2, 3};
+  CHECK_EQ(npc_session_import(c, junk, sizeof junk, id, sizeof id), -3);
+}
+
+void TestParallel() {
+  const int kThreads = 4, kPerThread = 8, kTotal = kThreads * kPerThread;
+  ClientPtr c(NewClient());
+  std::mutex mu;
+  std::map<int64_t, Reply> replies;  // by request id
+  std::map<int64_t, size_t> delta_bytes;
+  std::atomic<int> finals{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::string> failures;
+
+  // Several threads create sessions and start replies on one shared client, then every thread
+  // polls the same client: events are handed out once each, whoever polls.
+  auto worker = [&](int t) {
+    std::vector<int64_t> mine;
+    for (int i = 0; i < kPerThread; ++i) {
+      char id[128];
+      int32_t n = npc_session_create(c, Character().c_str(), id, sizeof id);
+      if (n <= 0) {
+        std::lock_guard<std::mutex> lock(mu);
+        failures.push_back(std::string("create: ") + npc_last_error());
+        continue;
+      }
+      npc_say_options o{};
+      o.max_new_tokens = 8;
+      std::string text = "Thread " + std::to_string(t) + " says hello #" + std::to_string(i);
+      npc_request_id rid = npc_say_ex(c, id, text.c_str(), &o);
+      std::lock_guard<std::mutex> lock(mu);
+      replies[rid].id = rid;
+      replies[rid].session_id = id;
+    }
+    auto start = Clock::now();
+    while (!stop && finals.load() < kTotal && MsSince(start) < 120000) {
+      npc_event e;
+      if (npc_poll_wait(c, &e, 50) != 1) continue;
+      std::lock_guard<std::mutex> lock(mu);
+      Reply& r = replies[e.request_id];
+      if (r.session_id != e.session_id) failures.push_back("event routed to the wrong session");
+      if (e.type == NPC_EVENT_DELTA) {
+        delta_bytes[e.request_id] += static_cast<size_t>(e.text_len);
+      } else {
+        if (r.final_type != NPC_EVENT_NONE) failures.push_back("two final events");
+        r.final_type = e.type;
+        r.status_code = e.status_code;
+        r.text = e.text;
+        ++finals;
+      }
+    }
+  };
+  auto t0 = Clock::now();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) threads.emplace_back(worker, t);
+  for (auto& th : threads) th.join();
+  for (auto& f : failures) std::fprintf(stderr, "failure: %s\n", f.c_str());
+  CHECK(failures.empty());
+  CHECK_EQ(static_cast<int>(replies.size()), kTotal);
+  CHECK_EQ(finals.load(), kTotal);
+  for (auto& kv : replies) {
+    if (kv.second.final_type != NPC_EVENT_DONE)
+      std::fprintf(stderr, "request %lld: type %d code %d %s\n", (long long)kv.first, kv.second.final_type,
+                   kv.second.status_code, kv.second.text.c_str());
+    CHECK_EQ(kv.second.final_type, static_cast<int>(NPC_EVENT_DONE));
+    CHECK_EQ(delta_bytes[kv.first], kv.second.text.size());
+  }
+  CHECK_EQ(npc_pending(c), 0);
+  std::printf("%d replies on %d threads in %.0f ms\n", kTotal, kThreads, MsSince(t0));
+}
+
+// The server is stopped: calls fail fast and clearly; then it comes back and the same client
+// works again.
+void TestServerDown() {
+  if (!HaveControl()) {
+    std::printf("needs STEERNPC_TEST_CONTROL_DIR (run through tests/test_native_bridge.py); skipped\n");
+    std::exit(77);
+  }
+  ClientPtr c(NewClient());
+  std::string session = CreateSession(c);
+  Control("stop");
+  char buf[256];
+  auto t0 = Clock::now();
+  CHECK_EQ(npc_list_characters(c, buf, sizeof buf), -14);
+  CHECK(MsSince(t0) < 5000);  // fails fast, not after the deadline
+  std::printf("UNAVAILABLE after %.0f ms: %s\n", MsSince(t0), npc_last_error());
+  CHECK(std::strstr(npc_last_error(), "unavailable") != nullptr);
+  CHECK_EQ(npc_session_create(c, Character().c_str(), buf, sizeof buf), -14);
+  npc_request_id id = npc_say(c, session.c_str(), "Anyone there?", nullptr);
+  CHECK(id > 0);
+  Reply r = Collect(c, id, 20000);
+  CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_ERROR));
+  CHECK_EQ(r.status_code, 14);
+  std::printf("say error event: %s\n", r.text.c_str());
+  Control("start");
+  auto t1 = Clock::now();
+  int32_t n = -1;
+  while (MsSince(t1) < 30000 && (n = npc_list_characters(c, nullptr, 0)) < 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(n > 0);
+  std::printf("reconnected %.0f ms after the server was back\n", MsSince(t1));
+}
+
+// A reply is streaming when the server dies: it ends with UNAVAILABLE; the server restarts and
+// the client reconnects by itself (backoff), sessions persisted by the store still work.
+void TestReconnect() {
+  if (!HaveControl()) {
+    std::printf("needs STEERNPC_TEST_CONTROL_DIR (run through tests/test_native_bridge.py); skipped\n");
+    std::exit(77);
+  }
+  ClientPtr c(NewClient());
+  std::string session = CreateSession(c);
+  ExpectDone(SayAndCollect(c, session, "Hello before the restart."));
+  npc_say_options o{};
+  o.max_new_tokens = 4000;
+  npc_request_id id = npc_say_ex(c, session.c_str(), "Talk for a long time.", &o);
+  CHECK(id > 0);
+  // Wait for the stream to be going, then kill the server under it.
+  npc_event e;
+  auto t0 = Clock::now();
+  int deltas = 0;
+  while (deltas < 2 && MsSince(t0) < 30000) {
+    if (npc_poll_wait(c, &e, 100) == 1) {
+      CHECK_EQ(e.request_id, id);
+      CHECK_EQ(e.type, static_cast<int32_t>(NPC_EVENT_DELTA));
+      ++deltas;
+    }
+  }
+  CHECK(deltas == 2);
+  Control("restart");  // kill -9, start again, wait for SERVING
+  Reply r = Collect(c, id, 30000);
+  std::printf("in-flight reply ended with type %d code %d after %zu more deltas: %s\n", r.final_type,
+              r.status_code, r.deltas.size(), r.text.substr(0, 160).c_str());
+  if (r.final_type == NPC_EVENT_ERROR) CHECK_EQ(r.status_code, 14);
+  auto t1 = Clock::now();
+  int32_t n = -1;
+  int failures = 0;
+  while (MsSince(t1) < 30000 && (n = npc_list_characters(c, nullptr, 0)) < 0) {
+    CHECK_EQ(npc_last_error_code(), 14);
+    ++failures;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(n > 0);
+  std::printf("reconnected %.0f ms after restart (%d failed tries); state %d\n", MsSince(t1), failures,
+              npc_client_state(c, 0));
+  CHECK_EQ(npc_client_state(c, 0), static_cast<int32_t>(NPC_STATE_READY));
+  std::string fresh = CreateSession(c);
+  ExpectDone(SayAndCollect(c, fresh, "Hello after the restart."));
+  // The harness runs the server with the sqlite store: the old session survived.
+  ExpectDone(SayAndCollect(c, session, "Still there?"));
+}
+
+struct Case {
+  const char* name;
+  void (*fn)();
+};
+const Case kCases[] = {
+    {"version_and_args", TestVersionAndArgs},
+    {"list_characters", TestListCharacters},
+    {"create_session", TestCreateSession},
+    {"say_streams_deltas_then_done", TestSayStreams},
+    {"steer_applies_attributes", TestSteer},
+    {"per_reply_overrides", TestPerReplyOverrides},
+    {"cancel_mid_reply", TestCancel},
+    {"unknown_character_not_found", TestUnknownCharacter},
+    {"unknown_session_error", TestUnknownSession},
+    {"wrong_api_key_unauthenticated", TestWrongApiKey},
+    {"bad_attribute_invalid_argument", TestBadAttribute},
+    {"export_import_round_trip", TestExportImport},
+    {"parallel_sessions", TestParallel},
+    {"server_down_unavailable", TestServerDown},
+    {"reconnect_after_restart", TestReconnect},
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s <case>|--list|all\n", argv[0]);
+    return 2;
+  }
+  std::string which = argv[1];
+  if (which == "--list") {
+    for (const Case& c : kCases) std::printf("%s\n", c.name);
+    return 0;
+  }
+  if (Target().empty()) {
+    std::printf("STEERNPC_TEST_TARGET is not set (host:port of a running steernpc serve); skipped\n");
+    return 77;
+  }
+  int ran = 0;
+  for (const Case& c : kCases) {
+    bool restart_case = std::strcmp(c.name, "server_down_unavailable") == 0 ||
+                        std::strcmp(c.name, "reconnect_after_restart") == 0;
+    if (which == c.name || (which == "all" && !restart_case)) {
+      auto t0 = Clock::now();
+      std::printf("== %s\n", c.name);
+      std::fflush(stdout);
+      c.fn();
+      std::printf("ok %s (%.0f ms)\n", c.name, MsSince(t0));
+      std::fflush(stdout);
+      ++ran;
+    }
+  }
+  if (ran == 0) {
+    std::fprintf(stderr, "unknown case '%s' (see --list)\n", which.c_str());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,310 @@
+"""The native client core (engine_bridges/native) against a real `steernpc serve`.
+
+The harness builds libsteernpc with CMake (cached in engine_bridges/native/build), starts a
+server on a free loopback port with a tiny random model, and runs the C++ tests through
+ctest with the server's address in STEERNPC_TEST_TARGET / STEERNPC_TEST_API_KEY. The two
+restart cases ask the harness to stop / restart the server through STEERNPC_TEST_CONTROL_DIR.
+
+Needs cmake, a C++17 compiler, protoc, grpc_cpp_plugin and the grpc++/protobuf headers
+(Debian: apt-get install cmake g++ libgrpc++-dev libprotobuf-dev protobuf-compiler-grpc).
+STEERNPC_NATIVE_SANITIZE=thread|address builds into build-<sanitizer> and runs the same tests
+under that sanitizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NATIVE = REPO / "engine_bridges" / "native"
+SAMPLE_PERSONAS = REPO / "samples" / "personas"
+
+REQUIRED_TOOLS = {
+    "cmake": "cmake",
+    "protoc": "protobuf-compiler",
+    "grpc_cpp_plugin": "protobuf-compiler-grpc",
+    "pkg-config": "pkg-config",
+}
+DEBIAN_HINT = "apt-get install cmake g++ pkg-config libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the core
+
+
+def missing_build_tools() -> list[str]:
+    missing = [f"{tool} (Debian package {pkg})" for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None]
+    if not any(shutil.which(cxx) for cxx in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if cxx):
+        missing.append("a C++17 compiler (Debian package g++)")
+    return missing
+
+
+def build_native(sanitize: str | None = None, jobs: int = 2) -> Path:
+    """Configure and build the core once per build dir (a file lock guards concurrent runs).
+    Returns the build dir. Fails the test with a clear message when the toolchain is missing."""
+    missing = missing_build_tools()
+    if missing:
+        pytest.fail(
+            "cannot build the native core, missing: " + ", ".join(missing) + f".\nInstall them with: {DEBIAN_HINT}",
+            pytrace=False,
+        )
+    sanitize = sanitize or os.environ.get("STEERNPC_NATIVE_SANITIZE") or ""
+    build = Path(os.environ.get("STEERNPC_NATIVE_BUILD_DIR") or NATIVE / ("build" if not sanitize else f"build-{sanitize}"))
+    build.mkdir(parents=True, exist_ok=True)
+    with open(build / ".harness.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        configure = ["cmake", "-S", str(NATIVE), "-B", str(build), f"-DSTEERNPC_SANITIZE={sanitize}"]
+        if not (build / "CMakeCache.txt").exists():
+            configure.append("-DCMAKE_BUILD_TYPE=" + ("Debug" if sanitize else "RelWithDebInfo"))
+        run_checked(configure, "configuring the native core (cmake)")
+        run_checked(["cmake", "--build", str(build), "-j", str(jobs)], "building the native core")
+    return build
+
+
+def run_checked(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        out = (proc.stdout + proc.stderr)[-6000:]
+        hint = f"\n(is the toolchain installed? {DEBIAN_HINT})" if "not found" in out or "Could not find" in out else ""
+        pytest.fail(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{out}{hint}", pytrace=False)
+    return proc
+
+
+def shared_library(build: Path) -> Path:
+    for name in ("libsteernpc.so", "libsteernpc.dylib", "steernpc.dll"):
+        if (build / name).exists():
+            return build / name
+    raise FileNotFoundError(f"no libsteernpc in {build}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`steernpc serve` on a loopback port, started / stopped / restarted on demand."""
+
+    def __init__(self, model_dir: Path, workdir: Path, api_key: str | None = None, port: int | None = None,
+                 extra_args: tuple[str, ...] = ()):  # fmt: skip
+        self.model_dir = Path(model_dir)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.api_key = secrets.token_hex(8) if api_key is None else api_key
+        self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.log_path: Path | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "steernpc.cli", "serve", "--personas", str(SAMPLE_PERSONAS),
+               "--model", str(self.model_dir), "--adapter", "none", "--device", "cpu",
+               "--host", "127.0.0.1", "--port", str(self.port),
+               "--store", "sqlite", "--store-path", str(self.workdir / "sessions.sqlite3"), *self.extra_args]  # fmt: skip
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        return cmd
+
+    def start(self, timeout: float = 240.0) -> None:
+        self.starts += 1
+        self.log_path = self.workdir / f"server-{self.starts}.log"
+        env = dict(os.environ, PYTHONUNBUFFERED="1", STEERNPC_HOME=str(self.workdir / "home"))
+        env.setdefault("OMP_NUM_THREADS", "1")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                         start_new_session=True)  # fmt: skip
+        self.wait_serving(timeout)
+
+    def wait_serving(self, timeout: float) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"steernpc serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with grpc.insecure_channel(self.target) as channel:
+                try:
+                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                    last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.RpcError as exc:
+                    last = f"{exc.code().name}: {exc.details()}"
+            time.sleep(0.25)
+        raise TimeoutError(f"server not SERVING after {timeout:.0f} s (last: {last}):\n{self.log_tail()}")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        self.proc = None
+        # The port must be closed before anyone relies on "the server is down".
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.stop(kill=True)  # a crash, not a polite shutdown
+        self.start()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, STEERNPC_TEST_TARGET=self.target, STEERNPC_TEST_API_KEY=self.api_key or "",
+                    STEERNPC_TEST_CHARACTER="brom")  # fmt: skip
+
+
+class ControlWatcher:
+    """Answers the native tests' "<n>.request" files (stop | start | restart) with "<n>.done"."""
+
+    def __init__(self, server: ServerProcess, folder: Path):
+        self.server = server
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.actions: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for request in sorted(self.folder.glob("*.request")):
+                action = request.read_text().strip()
+                try:
+                    {"stop": self.server.stop, "start": self.server.start, "restart": self.server.restart}[action]()
+                    self.actions.append(action)
+                except Exception as exc:  # reported by the test
+                    self.errors.append(f"{action}: {exc}")
+                request.rename(request.with_suffix(".handled"))
+                request.with_suffix(".done").write_text("ok\n")
+            self._stop.wait(0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def native_build() -> Path:
+    return build_native()
+
+
+@pytest.fixture(scope="module")
+def npc_server(tiny_model_dir, tmp_path_factory):
+    server = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("native-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def run_ctest(build: Path, server: ServerProcess, args: list[str], control: Path | None = None, timeout: int = 900):
+    env = server.env()
+    if control is not None:
+        env["STEERNPC_TEST_CONTROL_DIR"] = str(control)
+    cmd = ["ctest", "--output-on-failure", "--no-tests=error", *args]
+    proc = subprocess.run(cmd, cwd=build, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    print(out)
+    return proc, out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_header_compiles_as_c_and_links(native_build, tmp_path):
+    """The ABI header is plain C99 and the shared library exports only npc_* symbols."""
+    cc = shutil.which(os.environ.get("CC", "")) or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = tmp_path / "abi.c"
+    src.write_text(
+        "#include <steernpc/steernpc.h>\n#include <stdio.h>\n#include <string.h>\n"
+        "int main(void) {\n"
+        "  npc_client_options o; npc_event e; memset(&o, 0, sizeof o);\n"
+        "  if (npc_client_create(&o) != NULL || npc_last_error_code() != 3) return 1;\n"
+        "  o.target = \"127.0.0.1:1\";\n"
+        "  npc_client* c = npc_client_create(&o);\n"
+        "  if (!c || npc_poll(c, &e) != 0 || e.type != NPC_EVENT_NONE) return 2;\n"
+        "  npc_client_destroy(c);\n"
+        "  printf(\"%s %u\\n\", npc_version(), (unsigned)sizeof(npc_event));\n"
+        "  return 0;\n}\n"
+    )
+    exe = tmp_path / "abi"
+    run_checked([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{NATIVE / 'include'}", str(src),
+                 f"-L{native_build}", "-lsteernpc", f"-Wl,-rpath,{native_build}", "-o", str(exe)], "compiling abi.c")  # fmt: skip
+    proc = run_checked([str(exe)], "running abi.c")
+    assert proc.stdout.split() == ["0.1.0", "72"]
+    if sys.platform.startswith("linux") and shutil.which("nm"):
+        symbols = subprocess.run(["nm", "-D", "--defined-only", str(shared_library(native_build))],
+                                 capture_output=True, text=True, check=True).stdout.split("\n")  # fmt: skip
+        exported = [line.split()[-1] for line in symbols if " T " in line]
+        assert exported and all(name.startswith("npc_") for name in exported), exported
+
+
+def test_native_core(native_build, npc_server):
+    """list, sessions, streamed say, steer, overrides, cancel, NOT_FOUND, UNAUTHENTICATED,
+    INVALID_ARGUMENT, export/import, 32 parallel sessions on 4 threads."""
+    proc, out = run_ctest(native_build, npc_server, ["-LE", "restart", "-j", "2"])
+    assert proc.returncode == 0, f"ctest failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
+    assert "***Skipped" not in out and "Not Run" not in out, out
+    assert "100% tests passed" in out
+
+
+def test_native_server_down_and_reconnect(native_build, npc_server, tmp_path):
+    """The server goes away: calls fail fast with UNAVAILABLE; a reply in flight ends with an
+    error event; the same client reconnects by itself once the server is back."""
+    with ControlWatcher(npc_server, tmp_path / "control") as watcher:
+        proc, out = run_ctest(native_build, npc_server, ["-L", "restart"], control=tmp_path / "control")
+    if npc_server.proc is None:  # leave the module's server running whatever happened
+        npc_server.start()
+    assert not watcher.errors, watcher.errors
+    assert proc.returncode == 0, f"ctest failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
+    assert "***Skipped" not in out
+    assert watcher.actions == ["stop", "start", "restart"], watcher.actions
