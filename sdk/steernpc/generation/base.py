@@ -70,6 +70,7 @@ class Finished:
     ttft_ms: float = 0.0
     total_ms: float = 0.0
     error: str | None = None
+    token_ids: list[int] = field(default_factory=list)  # the reply's tokens (without EOS), where known
 
 
 class Backend(ABC):

@@ -22,10 +22,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
 
 from steernpc.generation.base import Backend, Delta, Finished, GenerationRequest, QueueFull
 from steernpc.generation.detokenize import TextAssembler
 from steernpc.generation.stream import Stream
+
+
+def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """SDPA over the slot pool. Unlike transformers' sdpa path, which copies K/V with
+    repeat_kv whenever a mask is given, this keeps grouped-query attention native."""
+    causal = attention_mask is None and query.shape[2] > 1  # a plain HF forward on the same model
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, is_causal=causal, scale=scaling, enable_gqa=key.shape[1] != query.shape[1]
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register("steernpc_slots", slot_attention)
 
 
 class SlotCache:
@@ -134,6 +149,7 @@ class TorchBackend(Backend):
         else:
             self.model, self.tokenizer = models.load_model(model, adapter=adapter, device=device, dtype=dtype)
         config = self.model.config
+        self.model.set_attn_implementation("steernpc_slots")
         self.device = next(self.model.parameters()).device
         self.max_batch = min(max_batch, slots - 1)
         self.max_queue = max_queue
@@ -421,6 +437,7 @@ class TorchBackend(Backend):
             cached_tokens=job.cached,
             ttft_ms=(first - job.submitted) * 1000.0,
             total_ms=(now - job.submitted) * 1000.0,
+            token_ids=list(job.generated),
         )
 
 
