@@ -83,6 +83,22 @@ def run_checked(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProc
     return proc
 
 
+def sanitizer_env() -> dict[str, str]:
+    """TSAN/ASAN/UBSAN options (with the suppressions for the uninstrumented Debian grpc) when
+    STEERNPC_NATIVE_SANITIZE is set; {} otherwise."""
+    sanitize = os.environ.get("STEERNPC_NATIVE_SANITIZE")
+    supp = NATIVE / "sanitizers"
+    if sanitize == "thread":
+        return {"TSAN_OPTIONS": f"suppressions={supp / 'tsan.supp'} second_deadlock_stack=1 history_size=4"}
+    if sanitize == "address":
+        return {
+            "ASAN_OPTIONS": "detect_leaks=1 strict_string_checks=1 detect_stack_use_after_return=1",
+            "LSAN_OPTIONS": f"suppressions={supp / 'lsan.supp'} print_suppressions=0",
+            "UBSAN_OPTIONS": "print_stacktrace=1 halt_on_error=1",
+        }
+    return {}
+
+
 def shared_library(build: Path) -> Path:
     for name in ("libsteernpc.so", "libsteernpc.dylib", "steernpc.dll"):
         if (build / name).exists():
@@ -244,7 +260,7 @@ def npc_server(tiny_model_dir, tmp_path_factory):
 
 
 def run_ctest(build: Path, server: ServerProcess, args: list[str], control: Path | None = None, timeout: int = 900):
-    env = server.env()
+    env = dict(server.env(), **sanitizer_env())
     if control is not None:
         env["STEERNPC_TEST_CONTROL_DIR"] = str(control)
     cmd = ["ctest", "--output-on-failure", "--no-tests=error", *args]
@@ -277,9 +293,11 @@ def test_header_compiles_as_c_and_links(native_build, tmp_path):
         "  return 0;\n}\n"
     )
     exe = tmp_path / "abi"
-    run_checked([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{NATIVE / 'include'}", str(src),
+    sanitize = os.environ.get("STEERNPC_NATIVE_SANITIZE")
+    flags = [f"-fsanitize={'thread' if sanitize == 'thread' else 'address,undefined'}"] if sanitize else []
+    run_checked([cc, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{NATIVE / 'include'}", str(src),
                  f"-L{native_build}", "-lsteernpc", f"-Wl,-rpath,{native_build}", "-o", str(exe)], "compiling abi.c")  # fmt: skip
-    proc = run_checked([str(exe)], "running abi.c")
+    proc = run_checked([str(exe)], "running abi.c", env=dict(os.environ, **sanitizer_env()))
     assert proc.stdout.split() == ["0.1.0", "72"]
     if sys.platform.startswith("linux") and shutil.which("nm"):
         symbols = subprocess.run(["nm", "-D", "--defined-only", str(shared_library(native_build))],

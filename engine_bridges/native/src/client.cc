@@ -56,6 +56,7 @@ class CancelOp : public Op {
     request.set_interaction_id(call_->interaction_id());
     rpc_ = client_->stub()->PrepareAsyncCancel(&context_, request, client_->cq());
     rpc_->StartCall();
+    TagHandOff(this);
     rpc_->Finish(&response_, &status_, this);
   }
 
@@ -85,6 +86,7 @@ class CancelOp : public Op {
 void SayCall::Start(const v1::SayRequest& request) {
   client_->PrepareContext(&context_, client_->options().say_deadline_ms);
   reader_ = client_->stub()->PrepareAsyncSay(&context_, request, client_->cq());
+  TagHandOff(&started_tag_);
   reader_->StartCall(&started_tag_);
 }
 
@@ -224,7 +226,10 @@ void Client::Loop() {
     // Wake at least every 100 ms to enforce cancel deadlines.
     auto status = cq_.AsyncNext(&tag, &ok, DeadlineIn(100));
     if (status == grpc::CompletionQueue::SHUTDOWN) break;
-    if (status == grpc::CompletionQueue::GOT_EVENT) static_cast<Op*>(tag)->Proceed(ok);
+    if (status == grpc::CompletionQueue::GOT_EVENT) {
+      TagReceived(tag);
+      static_cast<Op*>(tag)->Proceed(ok);
+    }
     CheckCancelDeadlines();
   }
 }

@@ -64,6 +64,27 @@ struct SayOptions {
 class Client;
 class CancelOp;
 
+// ThreadSanitizer cannot see the synchronisation inside an uninstrumented grpc (Debian's, or
+// any prebuilt one): an operation started on an engine thread and completed on the CQ thread
+// would look like a race. Every tag handed to grpc is released before and acquired after the
+// completion queue returns it, which is exactly the ordering grpc guarantees.
+#if defined(__SANITIZE_THREAD__)
+#define STEERNPC_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define STEERNPC_TSAN 1
+#endif
+#endif
+#ifdef STEERNPC_TSAN
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+inline void TagHandOff(void* tag) { __tsan_release(tag); }
+inline void TagReceived(void* tag) { __tsan_acquire(tag); }
+#else
+inline void TagHandOff(void*) {}
+inline void TagReceived(void*) {}
+#endif
+
 // Something waiting on the completion queue. The tag passed to grpc is an Op*.
 struct Op {
   virtual ~Op() = default;
