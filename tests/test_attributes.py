@@ -12,7 +12,7 @@ from steernpc.persona import Persona, PersonaError, load_persona
 from steernpc.yamlsource import SourceError
 
 NEMO_ORDER = ["quality", "toxicity", "humor", "creativity", "helpfulness", "correctness", "coherence", "complexity", "verbosity"]
-NPC_ORDER = ["humor", "friendliness", "creativity", "verbosity", "toxicity"]
+NPC_ORDER = ["humor", "friendliness", "creativity", "verbosity"]
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,11 @@ def test_nemo_order_is_exactly_the_steerlm_label_order(nemo):
 def test_npc_schema(npc):
     assert npc.name == "npc"
     assert npc.names == NPC_ORDER
-    assert npc.defaults() == {"humor": 1, "friendliness": 2, "creativity": 2, "verbosity": 2, "toxicity": 0}
-    assert len(npc) == 5 and "humor" in npc and "humour" not in npc
-    assert npc["toxicity"].range_text == "0..4"
+    assert npc.defaults() == {"humor": 1, "friendliness": 2, "creativity": 2, "verbosity": 2}
+    assert len(npc) == 4 and "humor" in npc and "humour" not in npc
+    # the sample model has no toxicity labels, so the npc schema has no toxicity (nemo keeps it)
+    assert "toxicity" not in npc
+    assert npc["verbosity"].range_text == "0..4"
 
 
 def test_load_accepts_builtin_names(npc):
@@ -70,7 +72,7 @@ def test_encode_decode_round_trip(nemo, npc):
 
 
 def test_encode_needs_every_attribute(npc):
-    with pytest.raises(InvalidAttribute, match="missing creativity, verbosity, toxicity"):
+    with pytest.raises(InvalidAttribute, match="missing creativity, verbosity"):
         npc.encode({"humor": 1, "friendliness": 2})
 
 
@@ -94,8 +96,8 @@ def test_decode_out_of_range_names_field_and_range(npc):
     exc = info.value
     assert str(exc) == "--attr.humor = 7 is outside 0..4"
     assert (exc.field, exc.attribute, exc.allowed) == ("--attr.humor", "humor", "0..4")
-    with pytest.raises(InvalidAttribute, match=r"labels\.toxicity = -1 is outside 0\.\.4"):
-        npc.decode("toxicity:-1")
+    with pytest.raises(InvalidAttribute, match=r"labels\.verbosity = -1 is outside 0\.\.4"):
+        npc.decode("verbosity:-1")
 
 
 @pytest.mark.parametrize(
@@ -123,7 +125,7 @@ def test_check_values(npc):
         npc.check("humor", True)
     with pytest.raises(InvalidAttribute, match=r"x\.humor = 2\.5 is not an integer"):
         npc.check("humor", 2.5, "x.humor")
-    assert npc.check_vector({"humor": 4, "toxicity": 0}) == {"humor": 4, "toxicity": 0}
+    assert npc.check_vector({"humor": 4, "verbosity": 0}) == {"humor": 4, "verbosity": 0}
     assert npc.clamp("humor", 9) == 4 and npc.clamp("humor", -2) == 0
 
 
@@ -235,7 +237,7 @@ def test_resolve_defaults_only(npc):
 
 
 def test_resolve_layers_later_wins(npc):
-    profile = {"humor": 0, "friendliness": 1, "creativity": 1, "verbosity": 0, "toxicity": 1}
+    profile = {"humor": 0, "friendliness": 1, "creativity": 1, "verbosity": 0}
     mood = {"friendliness": 3, "verbosity": 1}
     steer = {"verbosity": 2, "humor": 2}
     override = {"humor": 4}
@@ -252,12 +254,12 @@ def test_partial_profile_falls_back_to_defaults(npc):
 
 
 def test_limits_clamp_last_even_over_an_explicit_override(npc):
-    limits = {"toxicity": (0, 0), "verbosity": (2, 3)}
-    vector = resolve_attributes(npc, {"toxicity": 3, "verbosity": 0}, {"toxicity": 4}, {"verbosity": 4}, {"toxicity": 4}, limits)
-    assert vector["toxicity"] == 0
+    limits = {"friendliness": (2, 2), "verbosity": (2, 3)}
+    vector = resolve_attributes(npc, {"friendliness": 0, "verbosity": 0}, {"friendliness": 4}, {"verbosity": 4}, {"friendliness": 4}, limits)
+    assert vector["friendliness"] == 2
     assert vector["verbosity"] == 3
     assert resolve_attributes(npc, {"verbosity": 0}, limits=limits)["verbosity"] == 2  # min raises too
-    assert resolve_attributes(npc, limits=limits)["toxicity"] == 0
+    assert resolve_attributes(npc, {"friendliness": 4}, limits=limits)["friendliness"] == 2
 
 
 def test_resolve_does_not_mutate_its_inputs(npc):
@@ -285,21 +287,21 @@ def brom(npc) -> Persona:
         name="Brom",
         role="a blacksmith",
         schema=npc,
-        attributes={"humor": 0, "friendliness": 1, "creativity": 1, "verbosity": 0, "toxicity": 1},
-        moods={"angry": {"friendliness": 0, "toxicity": 3}, "drunk": {"humor": 3, "verbosity": 3}},
-        limits={"toxicity": (0, 2)},
+        attributes={"humor": 0, "friendliness": 1, "creativity": 1, "verbosity": 1},
+        moods={"angry": {"friendliness": 0, "verbosity": 3}, "drunk": {"humor": 3, "verbosity": 3}},
+        limits={"verbosity": (0, 2)},
     )
 
 
 def test_persona_resolve_order(brom):
-    assert brom.resolve() == {"humor": 0, "friendliness": 1, "creativity": 1, "verbosity": 0, "toxicity": 1}
-    assert brom.resolve(mood="drunk") == {"humor": 3, "friendliness": 1, "creativity": 1, "verbosity": 3, "toxicity": 1}
+    assert brom.resolve() == {"humor": 0, "friendliness": 1, "creativity": 1, "verbosity": 1}
+    assert brom.resolve(mood="drunk") == {"humor": 3, "friendliness": 1, "creativity": 1, "verbosity": 2}  # limited
     # steer beats mood, override beats steer
     assert brom.resolve(mood="drunk", steer={"humor": 1})["humor"] == 1
     assert brom.resolve(mood="drunk", steer={"humor": 1}, override={"humor": 4})["humor"] == 4
     # limits last: the angry mood asks for 3, an override for 4, the limit says 2
-    assert brom.resolve(mood="angry")["toxicity"] == 2
-    assert brom.resolve(mood="angry", override={"toxicity": 4})["toxicity"] == 2
+    assert brom.resolve(mood="angry")["verbosity"] == 2
+    assert brom.resolve(mood="angry", override={"verbosity": 4})["verbosity"] == 2
     assert brom.resolve(mood=None) == brom.resolve(mood="")
 
 
@@ -321,9 +323,9 @@ def test_persona_out_of_range_override_names_the_range(brom):
 
 def test_loaded_limits_are_integers(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("id: p\nname: P\nrole: r\nattributes: {toxicity: 3}\nlimits:\n  toxicity: {max: 1.0}\n")
+    path.write_text("id: p\nname: P\nrole: r\nattributes: {verbosity: 3}\nlimits:\n  verbosity: {max: 1.0}\n")
     persona = load_persona(path)
-    assert persona.limits == {"toxicity": (0, 1)}
+    assert persona.limits == {"verbosity": (0, 1)}
     assert all(type(v) is int for v in persona.resolve().values())
 
 

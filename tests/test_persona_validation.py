@@ -26,10 +26,10 @@ CASES = [
     ("yaml_tab_indent.yaml", 13, "indent with spaces, not tabs"),
     ("yaml_unclosed_quote.yaml", 10, "the quoted string opened here is not closed"),
     ("yaml_unclosed_bracket.yaml", 7, "the '[' opened here is not closed"),
-    ("yaml_unclosed_brace.yaml", 18, "the '{' opened here is not closed"),
+    ("yaml_unclosed_brace.yaml", 17, "the '{' opened here is not closed"),
     ("yaml_missing_colon.yaml", 3, "this key has no ':'"),
     ("yaml_duplicate_key.yaml", 14, "attributes.humor appears twice"),
-    ("yaml_merge_key.yaml", 19, "merge keys (<<) are not supported"),
+    ("yaml_merge_key.yaml", 18, "merge keys (<<) are not supported"),
     ("yaml_recursive_alias.yaml", 7, "an alias refers to its own anchor"),
     ("empty.yaml", 1, "the file is empty"),
     ("not_a_mapping.yaml", 2, "a persona file must be a mapping"),
@@ -41,18 +41,18 @@ CASES = [
     ("empty_name.yaml", 3, "name is required"),
     # unknown names
     ("unknown_field.yaml", 11, "unknown field 'catchphrase'"),
-    ("unknown_attribute.yaml", 12, "attributes.humour: unknown attribute 'humour'; schema 'npc' has humor,"),
-    ("unknown_mood_attribute.yaml", 18, "moods.tired.sleepiness: unknown attribute"),
-    ("unknown_limit_attribute.yaml", 21, "limits.rudeness: unknown attribute"),
-    ("generation_unknown_field.yaml", 23, "generation: unknown field 'beam_width'"),
+    ("unknown_attribute.yaml", 12, "attributes.humour: unknown attribute 'humour'; schema 'npc' has humor, friendliness, creativity, verbosity"),
+    ("unknown_mood_attribute.yaml", 17, "moods.tired.sleepiness: unknown attribute"),
+    ("unknown_limit_attribute.yaml", 20, "limits.rudeness: unknown attribute"),
+    ("generation_unknown_field.yaml", 22, "generation: unknown field 'beam_width'"),
     ("schema_missing.yaml", 11, "schema 'schemas/no_such_schema.yaml' is neither a built-in"),
     # out of range
     ("out_of_range_attribute.yaml", 12, "attributes.humor = 7 is outside 0..4"),
-    ("negative_attribute.yaml", 16, "attributes.toxicity = -1 is outside 0..4"),
-    ("out_of_range_mood.yaml", 19, "moods.cheerful.humor = 5 is outside 0..4"),
-    ("out_of_range_limit.yaml", 21, "limits.toxicity.max = 9 is outside 0..4"),
-    ("generation_out_of_range.yaml", 24, "generation.top_p = 1.5 must be a number in (0, 1]"),
-    ("limits_min_greater_than_max.yaml", 21, "limits.toxicity: min 3 > max 1"),
+    ("negative_attribute.yaml", 14, "attributes.creativity = -1 is outside 0..4"),
+    ("out_of_range_mood.yaml", 18, "moods.cheerful.humor = 5 is outside 0..4"),
+    ("out_of_range_limit.yaml", 20, "limits.friendliness.max = 9 is outside 0..4"),
+    ("generation_out_of_range.yaml", 23, "generation.top_p = 1.5 must be a number in (0, 1]"),
+    ("limits_min_greater_than_max.yaml", 20, "limits.friendliness: min 3 > max 1"),
     # bad types and shapes
     ("attribute_string_value.yaml", 13, "attributes.friendliness = 'high' is not an integer; allowed 0..4"),
     ("attribute_float_value.yaml", 15, "attributes.verbosity = 2.5 is not an integer; allowed 0..4"),
@@ -61,14 +61,14 @@ CASES = [
     ("knowledge_not_list.yaml", 7, "knowledge must be a list of strings"),
     ("knowledge_item_not_string.yaml", 9, "knowledge[1] must be a string"),
     ("name_not_string.yaml", 3, "name must be a string, got list"),
-    ("generation_temperature_string.yaml", 23, "generation.temperature = 'hot' must be a number"),
-    ("generation_not_mapping.yaml", 22, "generation must be a mapping"),
-    ("limits_not_mapping.yaml", 21, "limits.toxicity must be a mapping with min and/or max"),
-    ("limits_unknown_bound.yaml", 21, "limits.toxicity must be a mapping with min and/or max"),
-    ("moods_not_mapping.yaml", 17, "moods must be a mapping"),
-    ("mood_not_mapping.yaml", 18, "moods.tired must be a non-empty mapping"),
-    ("mood_block_list.yaml", 18, "moods.tired must be a non-empty mapping"),
-    ("mood_bad_name.yaml", 19, "mood name 'Very Cheerful' must match"),
+    ("generation_temperature_string.yaml", 22, "generation.temperature = 'hot' must be a number"),
+    ("generation_not_mapping.yaml", 21, "generation must be a mapping"),
+    ("limits_not_mapping.yaml", 20, "limits.friendliness must be a mapping with min and/or max"),
+    ("limits_unknown_bound.yaml", 20, "limits.friendliness must be a mapping with min and/or max"),
+    ("moods_not_mapping.yaml", 16, "moods must be a mapping"),
+    ("mood_not_mapping.yaml", 17, "moods.tired must be a non-empty mapping"),
+    ("mood_block_list.yaml", 17, "moods.tired must be a non-empty mapping"),
+    ("mood_bad_name.yaml", 18, "mood name 'Very Cheerful' must match"),
     # ids
     ("bad_id_uppercase.yaml", 2, "id = 'Mira' must match [a-z0-9_-]+"),
     ("bad_id_space.yaml", 2, "id = 'mira thornbush' must match [a-z0-9_-]+"),
@@ -144,7 +144,7 @@ def test_several_problems_in_one_file_are_all_reported_in_line_order(tmp_path):
         "moods:\n"                        # 7
         "  sad: {friendliness: -3}\n"     # 8 out of range
         "limits:\n"                       # 9
-        "  toxicity: {min: 2, max: 1}\n"  # 10 min > max
+        "  humor: {min: 2, max: 1}\n"     # 10 min > max
         "extra: 1\n"                      # 11 unknown field
     )  # fmt: skip
     with pytest.raises(PersonaError) as info:
@@ -154,7 +154,7 @@ def test_several_problems_in_one_file_are_all_reported_in_line_order(tmp_path):
         (5, "attributes.humor"),
         (6, "attributes.charm:"),
         (8, "moods.sad.friendliness"),
-        (10, "limits.toxicity:"),
+        (10, "limits.humor:"),
         (11, "unknown"),
     ]
 
@@ -166,7 +166,7 @@ def test_several_problems_in_one_file_are_all_reported_in_line_order(tmp_path):
     [
         ("unknown_attribute.yaml", 12),
         ("yaml_unclosed_quote.yaml", 10),
-        ("limits_min_greater_than_max.yaml", 21),
+        ("limits_min_greater_than_max.yaml", 20),
         ("empty.yaml", 1),
     ],
 )
@@ -207,7 +207,7 @@ def test_cli_validate_mixed_good_and_bad():
     result = validate(SAMPLES / "brom.yaml", BROKEN / "out_of_range_mood.yaml")
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
-        f"{BROKEN / 'out_of_range_mood.yaml'}:19: moods.cheerful.humor = 5 is outside 0..4"
+        f"{BROKEN / 'out_of_range_mood.yaml'}:18: moods.cheerful.humor = 5 is outside 0..4"
     ]
     assert "1 problem(s); 1 valid persona(s)" in result.stderr
 
@@ -283,11 +283,13 @@ def test_samples_use_limits_and_generation_settings():
     assert any(p.generation != type(p.generation)() for p in personas.values())
 
 
-def test_sample_child_can_never_be_toxic():
+def test_sample_child_is_never_hostile_or_long_winded():
     pip = load_persona(SAMPLES / "pip.yaml")
-    assert pip.limits["toxicity"] == (0, 0)
-    assert pip.resolve(override={"toxicity": 4})["toxicity"] == 0
-    assert pip.resolve(mood="scared", steer={"toxicity": 3})["toxicity"] == 0
+    assert pip.limits == {"verbosity": (0, 2), "friendliness": (2, 4)}
+    assert pip.resolve(override={"friendliness": 0})["friendliness"] == 2
+    assert pip.resolve(mood="excited", steer={"verbosity": 4})["verbosity"] == 2
+    for mood in pip.moods:  # the moods are written within the limits, so no layer is clamped away
+        assert pip.resolve(mood=mood) == {**pip.attributes, **pip.moods[mood]}
 
 
 def test_sample_characters_differ_as_described():
@@ -298,7 +300,7 @@ def test_sample_characters_differ_as_described():
     assert scholar.attributes["verbosity"] == 4
     assert personas["nettle"].attributes["creativity"] == 4
     guard = personas["hilde"]
-    assert guard.resolve(mood="provoked")["toxicity"] > guard.resolve()["toxicity"]
+    assert guard.resolve(mood="provoked")["friendliness"] < guard.resolve()["friendliness"]
 
 
 def test_samples_share_one_world():

@@ -78,8 +78,8 @@ def test_new_session_defaults_and_turns():
 
 def test_apply_steer_and_trim():
     s = make_session(turns=5)
-    s.apply_steer(attributes={"humor": 0, "toxicity": 1})
-    assert s.mood == "hostile" and s.steer == {"humor": 0, "verbosity": 1, "toxicity": 1}
+    s.apply_steer(attributes={"humor": 0, "friendliness": 1})
+    assert s.mood == "hostile" and s.steer == {"humor": 0, "verbosity": 1, "friendliness": 1}
     s.apply_steer(mood="drunk")
     assert s.mood == "drunk"
     s.apply_steer(clear=True, attributes={"verbosity": 4})
