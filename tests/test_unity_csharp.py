@@ -1,0 +1,129 @@
+"""The Unity bridge's engine-agnostic C# (engine_bridges/unity/.../Runtime/Core) under Mono.
+
+Compiles Runtime/Core/*.cs plus engine_bridges/unity/tests/SteerNpcMonoTests.cs with `mcs`
+(no UnityEngine reference: this also proves the core stays engine-agnostic) and runs it with
+`mono` against the real libsteernpc (built by the native harness) and a real `steernpc serve`.
+Needs mono-mcs and mono-runtime (Debian) besides the native toolchain.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNITY = REPO / "engine_bridges" / "unity"
+PACKAGE = UNITY / "com.steernpc.unity"
+CORE = PACKAGE / "Runtime" / "Core"
+
+
+def _native_harness():
+    """tests/test_native_bridge.py's helpers (build, server), whatever pytest's import mode."""
+    name = "test_native_bridge"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+native = _native_harness()
+
+
+def mono_tools() -> tuple[str, str]:
+    mcs, mono = shutil.which("mcs"), shutil.which("mono")
+    missing = [f"{tool} (Debian package {pkg})" for tool, pkg, path in (("mcs", "mono-mcs", mcs), ("mono", "mono-runtime", mono)) if path is None]
+    if missing:
+        pytest.fail(f"cannot run the C# tests, missing: {', '.join(missing)}. Install: apt-get install mono-mcs mono-runtime", pytrace=False)
+    return mcs, mono
+
+
+def compile_cs(out: Path, sources: list[Path], extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    mcs, _ = mono_tools()
+    cmd = [mcs, "-langversion:7", "-warnaserror+", "-debug", f"-out:{out}", *extra, *map(str, sources)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"mcs failed:\n{proc.stdout}{proc.stderr}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def native_build() -> Path:
+    return native.build_native()
+
+
+@pytest.fixture(scope="module")
+def npc_server(tiny_model_dir, tmp_path_factory):
+    server = native.ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("csharp-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def test_exe(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("csharp") / "SteerNpcMonoTests.exe"
+    compile_cs(out, sorted(CORE.glob("*.cs")) + [UNITY / "tests" / "SteerNpcMonoTests.cs"])
+    return out
+
+
+def test_core_has_no_unity_dependency():
+    """Runtime/Core compiles alone into a library and never names UnityEngine."""
+    for path in CORE.glob("*.cs"):
+        assert "UnityEngine" not in re.sub(r"//.*", "", path.read_text()), f"{path} uses UnityEngine"
+    assert '"noEngineReferences": true' in (CORE / "SteerNpc.Core.asmdef").read_text()
+
+
+def test_core_compiles_as_library(tmp_path):
+    compile_cs(tmp_path / "SteerNpc.Core.dll", sorted(CORE.glob("*.cs")), ("-target:library",))
+
+
+def test_unity_layer_compiles_against_stubs(tmp_path):
+    """Runtime/Unity and the sample compile (against compile-only UnityEngine stand-ins with
+    Unity's signatures: catches mistakes in the thin Unity layer without a Unity install)."""
+    sources = sorted(CORE.glob("*.cs")) + sorted((PACKAGE / "Runtime" / "Unity").glob("*.cs"))
+    sources += sorted((PACKAGE / "Samples~").rglob("*.cs")) + [UNITY / "tests" / "UnityEngineStubs.cs"]
+    compile_cs(tmp_path / "SteerNpc.Unity.dll", sources, ("-target:library",))
+
+
+def test_package_layout():
+    """UPM manifest, asmdefs, and a .meta next to every asset (an immutable package -- from git or
+    a registry -- ignores assets without one)."""
+    import json
+
+    manifest = json.loads((PACKAGE / "package.json").read_text())
+    assert manifest["name"] == "com.steernpc.unity" and manifest["samples"][0]["path"] == "Samples~/DialogueUI"
+    runtime = json.loads((PACKAGE / "Runtime" / "SteerNpc.Runtime.asmdef").read_text())
+    assert runtime["references"] == ["SteerNpc.Core"]
+    missing = []
+    for path in PACKAGE.rglob("*"):
+        rel = path.relative_to(PACKAGE)
+        if path.suffix == ".meta" or any(part.endswith("~") or part.startswith(".") for part in rel.parts):
+            continue
+        if not path.with_name(path.name + ".meta").exists():
+            missing.append(str(rel))
+    assert not missing, f"assets without .meta (run engine_bridges/unity/tools/make_meta.py): {missing}"
+
+
+def test_csharp_bridge_against_server(native_build, npc_server, test_exe):
+    """create, say with streamed deltas, steer, per-reply overrides, cancel, errors (NOT_FOUND,
+    INVALID_ARGUMENT, UNAUTHENTICATED, UNAVAILABLE), export/import, PollEvents, Dispose."""
+    _, mono = mono_tools()
+    env = dict(npc_server.env(), LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(native_build), os.environ.get("LD_LIBRARY_PATH")])))
+    env.update(native.sanitizer_env())
+    if os.environ.get("STEERNPC_NATIVE_SANITIZE"):
+        pytest.skip("mono cannot load a sanitizer-instrumented libsteernpc")
+    proc = subprocess.run([mono, "--debug", str(test_exe)], env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    print(out)
+    assert proc.returncode == 0, f"C# tests failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
+    summary = re.search(r"^(\d+) passed, (\d+) failed$", proc.stdout, re.M)
+    assert summary and int(summary.group(1)) >= 9 and summary.group(2) == "0", out
