@@ -18,6 +18,10 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <functional>
+#include <vector>
+
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 
 #include "steernpc/v1/npc.grpc.pb.h"
@@ -160,6 +164,10 @@ class Client {
   int State(bool try_to_connect);
   bool WaitConnected(int timeout_ms);
 
+  // Run `task` on the completion-queue thread (wakes it through a grpc::Alarm). Every async
+  // grpc operation is started this way, so the CQ thread is the only one that touches calls.
+  void Post(std::function<void()> task);
+
   // Used by SayCall (CQ thread).
   void Push(Event event);
   void CallFinished(int64_t id);
@@ -173,6 +181,13 @@ class Client {
   void Loop();
   void CheckCancelDeadlines();
   void CancelOpDone(Op* op);
+  void OnWake();
+
+  struct WakeOp : Op {
+    Client* client;
+    explicit WakeOp(Client* c) : client(c) {}
+    void Proceed(bool) override { client->OnWake(); }
+  };
 
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -190,6 +205,10 @@ class Client {
   std::unordered_map<int64_t, std::shared_ptr<SayCall>> calls_;
   std::unordered_set<CancelOp*> cancel_ops_;
   int pending_ = 0;  // calls whose final event is not queued yet
+  std::vector<std::function<void()>> tasks_;  // for the CQ thread
+  bool wake_pending_ = false;                 // wake_alarm_ is set and has not fired yet
+  grpc::Alarm wake_alarm_;
+  WakeOp wake_op_{this};
 };
 
 }  // namespace steernpc

@@ -1,0 +1,302 @@
+"""Bridge latency: the native client core (libsteernpc, as an engine uses it) against the
+Python gRPC client, on the same `steernpc serve`.
+
+For each request (a fresh session each time, the same prompt and settings on both paths) it
+measures, client side:
+  - time to first token (TTFT): from the call (npc_say / stub.Say) to the first delta in hand;
+  - TTFT overhead: client TTFT minus the server's own TTFT (usage.time_to_first_token_ms), i.e.
+    what transport, servicer and client add;
+  - gaps between consecutive deltas;
+  - native only: the game-thread cost of one npc_poll that returns an event (a spin-polled pass).
+Requests alternate between the two paths (ABBA order) so that drift hits both alike.
+
+    python benchmarks/bridge_bench.py                      # tiny random model, 30 requests each
+    python benchmarks/bridge_bench.py --model smollm2 --n 30 --max-new-tokens 32
+    python benchmarks/bridge_bench.py --target 127.0.0.1:50051 --api-key KEY   # a running server
+
+Prints a table and writes benchmarks/results/bridge.md. Target: the native path adds < 1 ms to TTFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NATIVE = REPO / "engine_bridges" / "native"
+RESULTS = REPO / "benchmarks" / "results" / "bridge.md"
+PROMPT = "Good day! What news from the mountain?"
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def med(values):
+    return percentile(values, 0.5)
+
+
+def p90(values):
+    return percentile(values, 0.9)
+
+
+# ---------------------------------------------------------------------------------------------
+# native build and server
+
+
+def build_native(build: Path) -> Path:
+    for tool in ("cmake", "protoc", "grpc_cpp_plugin"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing (Debian: apt-get install cmake g++ libgrpc++-dev libprotobuf-dev protobuf-compiler-grpc)")
+    configure = ["cmake", "-S", str(NATIVE), "-B", str(build), "-DSTEERNPC_SANITIZE="]
+    if not (build / "CMakeCache.txt").exists():
+        configure.append("-DCMAKE_BUILD_TYPE=Release")
+    subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "-j", "2", "--target", "steernpc_bench"], check=True, stdout=subprocess.DEVNULL)
+    return build / "steernpc_bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, workdir: Path, api_key: str, port: int) -> subprocess.Popen:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    log = open(workdir / "server.log", "w")
+    cmd = [sys.executable, "-m", "steernpc.cli", "serve", "--personas", str(REPO / "samples" / "personas"),
+           "--model", model, "--adapter", "none", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+           "--store", "memory", "--api-key", api_key]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"server exited:\n{(workdir / 'server.log').read_text()[-3000:]}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            try:
+                r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc
+            except grpc.RpcError:
+                pass
+        time.sleep(0.3)
+    sys.exit("server did not become SERVING")
+
+
+# ---------------------------------------------------------------------------------------------
+# the two paths
+
+
+class PythonPath:
+    def __init__(self, target: str, api_key: str, character: str, max_new_tokens: int):
+        import grpc
+
+        from steernpc.wire import pb, pb_grpc
+
+        self.pb = pb
+        self.channel = grpc.insecure_channel(target)
+        grpc.channel_ready_future(self.channel).result(timeout=30)
+        self.stub = pb_grpc.NpcServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        self.character = character
+        self.max_new_tokens = max_new_tokens
+
+    def run(self, index: int) -> dict:
+        pb = self.pb
+        session = self.stub.CreateSession(pb.CreateSessionRequest(character_id=self.character), metadata=self.metadata).session_id
+        request = pb.SayRequest(session_id=session, text=PROMPT,
+                                options=pb.GenerationOptions(max_new_tokens=self.max_new_tokens, temperature=0.7, seed=1234 + index))  # fmt: skip
+        gaps, first, last, deltas, done = [], None, None, 0, None
+        t0 = time.perf_counter()
+        for event in self.stub.Say(request, metadata=self.metadata):
+            now = time.perf_counter()
+            kind = event.WhichOneof("event")
+            if kind == "delta":
+                if first is None:
+                    first = (now - t0) * 1000
+                else:
+                    gaps.append((now - last) * 1000)
+                last = now
+                deltas += 1
+            elif kind == "done":
+                done = event.done
+                total = (now - t0) * 1000
+        self.stub.DeleteSession(pb.DeleteSessionRequest(session_id=session), metadata=self.metadata)
+        return {"path": "python", "ttft_ms": first, "total_ms": total, "deltas": deltas, "gaps_ms": gaps,
+                "server_ttft_ms": done.usage.time_to_first_token_ms, "completion_tokens": done.usage.completion_tokens}  # fmt: skip
+
+    def close(self):
+        self.channel.close()
+
+
+class NativePath:
+    def __init__(self, exe: Path, target: str, api_key: str, character: str, max_new_tokens: int, poll: str = "wait"):
+        self.proc = subprocess.Popen([str(exe), "--target", target, "--api-key", api_key, "--character", character,
+                                      "--max-new-tokens", str(max_new_tokens), "--poll", poll, "--stdin"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)  # fmt: skip
+        ready = json.loads(self.proc.stdout.readline() or "{}")
+        if not ready.get("ready"):
+            sys.exit("steernpc_bench did not start")
+
+    def run(self, index: int) -> dict:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"steernpc_bench exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        self.proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def summarize(rows: list[dict]) -> dict:
+    ttft = [r["ttft_ms"] for r in rows]
+    overhead = [r["ttft_ms"] - r["server_ttft_ms"] for r in rows]
+    gaps = [g for r in rows for g in r["gaps_ms"]]
+    return {
+        "n": len(rows),
+        "ttft_med": med(ttft), "ttft_p90": p90(ttft),
+        "over_med": med(overhead), "over_p90": p90(overhead),
+        "gap_med": med(gaps), "gap_p90": p90(gaps),
+        "deltas": sum(r["deltas"] for r in rows) / len(rows),
+        "total_med": med([r["total_ms"] for r in rows]),
+    }  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=30, help="requests per path")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--character", default="brom")
+    ap.add_argument("--model", default=None, help="model for the server this script starts (default: a tiny random Llama)")
+    ap.add_argument("--target", default=None, help="use a running server instead of starting one")
+    ap.add_argument("--api-key", default="")
+    ap.add_argument("--build-dir", default=str(NATIVE / "build"))
+    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+
+    exe = build_native(Path(args.build_dir))
+    server = None
+    workdir = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
+    target, api_key, model_desc = args.target, args.api_key, "(external server)"
+    if target is None:
+        if args.model is None:
+            from steernpc import models
+
+            model = str(models.random_model(workdir / "tiny", layers=2, hidden=64, seed=0))
+            model_desc = "tiny random Llama (2 layers, hidden 64, SmolLM2 tokenizer)"
+        else:
+            model, model_desc = args.model, args.model
+        api_key = api_key or secrets.token_hex(8)
+        port = free_port()
+        server = start_server(model, workdir, api_key, port)
+        target = f"127.0.0.1:{port}"
+    print(f"server {target}; model {model_desc}; {args.n} requests per path, max_new_tokens {args.max_new_tokens}", file=sys.stderr)
+
+    python = PythonPath(target, api_key, args.character, args.max_new_tokens)
+    native = NativePath(exe, target, api_key, args.character, args.max_new_tokens)
+    try:
+        for i in range(args.warmup):
+            python.run(i)
+            native.run(i)
+        rows = {"python": [], "native": []}
+        for i in range(args.n):
+            order = (python, native) if i % 2 == 0 else (native, python)
+            for path in order:
+                r = path.run(1000 + i)
+                rows[r["path"]].append(r)
+    finally:
+        python.close()
+        native.close()
+    # Game-thread cost of npc_poll per event: a separate, spin-polled pass (it keeps a core busy).
+    spin = NativePath(exe, target, api_key, args.character, args.max_new_tokens, poll="spin")
+    try:
+        spin_rows = [spin.run(2000 + i) for i in range(min(10, args.n))]
+    finally:
+        spin.close()
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    poll_us = [p for r in spin_rows for p in r["poll_us"]]
+    say_us = [r["say_call_us"] for r in rows["native"]]
+
+    py, nat = summarize(rows["python"]), summarize(rows["native"])
+    delta_ttft = nat["ttft_med"] - py["ttft_med"]
+    delta_over = nat["over_med"] - py["over_med"]
+    verdict = "PASS" if delta_ttft < 1.0 else "FAIL"
+    lines = [
+        "| path | requests | TTFT median (ms) | TTFT p90 (ms) | TTFT overhead over server median (ms) | overhead p90 (ms) | inter-delta median (ms) | inter-delta p90 (ms) | deltas/reply | total median (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, s in (("Python grpc stub", py), ("native libsteernpc (npc_say -> npc_poll_wait)", nat)):
+        lines.append(f"| {name} | {s['n']} | {s['ttft_med']:.2f} | {s['ttft_p90']:.2f} | {s['over_med']:.2f} | {s['over_p90']:.2f} | "
+                     f"{s['gap_med']:.2f} | {s['gap_p90']:.2f} | {s['deltas']:.1f} | {s['total_med']:.1f} |")  # fmt: skip
+    table = "\n".join(lines)
+    summary = (
+        f"- native minus Python, TTFT median: **{delta_ttft:+.2f} ms** (target < +1 ms: {verdict}); "
+        f"TTFT overhead median: {delta_over:+.2f} ms; inter-delta median: {nat['gap_med'] - py['gap_med']:+.3f} ms\n"
+        f"- npc_say call (game thread, returns before the network): median {med(say_us):.1f} us, p90 {p90(say_us):.1f} us\n"
+        f"- npc_poll returning an event (game thread, spin-polled pass, {len(poll_us)} events): "
+        f"median {med(poll_us):.2f} us, p90 {p90(poll_us):.2f} us"
+    )
+    print(table)
+    print(summary)
+    if not args.no_write:
+        cpu = platform.processor() or platform.machine()
+        try:
+            cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(
+            "# Bridge latency: native client core vs Python gRPC client\n\n"
+            f"Generated by `python benchmarks/bridge_bench.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n\n"
+            f"- machine: {os.cpu_count()} cores, {cpu}; {platform.system()} {platform.release()}\n"
+            f"- server: `steernpc serve` on loopback ({target}), CPU, sessions in memory; model: {model_desc}\n"
+            f"- {args.n} requests per path after {args.warmup} warm-up each, alternating ABBA; a fresh session per request; "
+            f"prompt \"{PROMPT}\", max_new_tokens {args.max_new_tokens}, temperature 0.7\n"
+            "- TTFT: from the call (npc_say / stub.Say) to the first delta in the caller's hands. "
+            "Overhead = client TTFT - the server's usage.time_to_first_token_ms. Native events are taken with "
+            "npc_poll_wait (wakes on arrival); a game polling once per frame adds up to one frame on top.\n\n"
+            f"{table}\n\n{summary}\n"
+        )
+        print(f"wrote {out}", file=sys.stderr)
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
