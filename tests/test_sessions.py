@@ -662,3 +662,20 @@ def test_open_store_errors():
         open_store("redis")
     with pytest.raises(ValueError, match="ttl applies to the redis session store only"):
         open_store("memory", ttl=5)
+
+
+def test_window_drops_old_turns_in_blocks_so_the_prefix_stays_cached():
+    from steernpc.prompt import Exchange
+    from steernpc.sessions import Session
+
+    session = Session.new("brom", "blocks")
+    words = lambda text: len(text.split())  # noqa: E731
+    starts = []
+    for turn in range(12):
+        session.append(Exchange(f"line {turn}", "one two three", {}))
+        window = session.window(words, budget=25, step=4)
+        assert sum(words(e.user) + words(e.reply) for e in window) <= 25
+        assert window[-1].user == f"line {turn}"
+        starts.append(window[0].user)
+    # budget 25 fits 5 turns of 5 words: the first kept turn moves 4 at a time, not 1
+    assert starts == ["line 0"] * 5 + ["line 4"] * 4 + ["line 8"] * 3

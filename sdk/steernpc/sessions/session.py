@@ -109,7 +109,7 @@ class Session:
             self.touch()
         return dropped
 
-    def window(self, count_tokens: Callable[[str], int], budget: int) -> list[Exchange]:
+    def window(self, count_tokens: Callable[[str], int], budget: int, step: int = 1) -> list[Exchange]:
         """The most recent exchanges whose total token count fits `budget`, oldest first.
 
         Each exchange costs count_tokens(user) + count_tokens(reply) (a missing reply
@@ -124,16 +124,9 @@ class Session:
         """
         if budget is None or isinstance(budget, bool) or not isinstance(budget, int):
             raise TypeError(f"budget must be an integer number of tokens, got {budget!r}")
-        picked: list[Exchange] = []
-        total = 0
-        for ex in reversed(self.history):
-            cost = count_tokens(ex.user) + (count_tokens(ex.reply) if ex.reply else 0)
-            if picked and total + cost > budget:
-                break
-            picked.append(ex)
-            total += cost
-        picked.reverse()
-        return picked
+        from steernpc.dialogue import fit_history
+
+        return fit_history(self.history, count_tokens, budget, step)
 
     def copy(self) -> "Session":
         """A deep copy (stores hand out copies, so edits never leak into stored state)."""

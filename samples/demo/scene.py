@@ -1,0 +1,166 @@
+"""The SteerNPC demo: a short scripted scene played through the real gRPC server.
+
+Starts `steernpc serve` with the sample personas (and the sample SteerLM adapter when it
+is present), then, with streamed output:
+  1. Marta the innkeeper answers one player line under contrasting attribute profiles,
+     side by side (humor 0 vs 4, then verbosity 0 vs 4);
+  2. Brom the blacksmith changes mood mid-conversation (friendly -> angry);
+  3. the conversation is saved (ExportSession), deleted, loaded (ImportSession) and goes on.
+Then it prints how to continue, stops the server and exits 0.
+
+    python samples/demo/scene.py [--port 50151] [--model smollm2] [--keep-server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+WIDTH = 38
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def stream_reply(npc, session_id: str, who: str, line: str, attributes=None, seed: int = 7, label: str = "") -> str:
+    print(f"  you: {line}")
+    print(f"  {who}{label}: ", end="", flush=True)
+    for delta in npc.say(session_id, line, attributes=attributes, seed=seed, max_new_tokens=80):
+        print(delta, end="", flush=True)
+    done = npc.last_done
+    applied = ",".join(f"{k}:{v}" for k, v in sorted(done.attributes.items()))
+    print(f"\n      [{applied}; {done.usage.completion_tokens} tokens, first token {done.usage.time_to_first_token_ms:.0f} ms]")
+    return done.text
+
+
+def side_by_side(left_title: str, left: str, right_title: str, right: str) -> None:
+    a = textwrap.wrap(left, WIDTH) or [""]
+    b = textwrap.wrap(right, WIDTH) or [""]
+    print(f"  +-{'-' * WIDTH}-+-{'-' * WIDTH}-+")
+    print(f"  | {left_title:<{WIDTH}} | {right_title:<{WIDTH}} |")
+    print(f"  +-{'-' * WIDTH}-+-{'-' * WIDTH}-+")
+    for i in range(max(len(a), len(b))):
+        print(f"  | {(a[i] if i < len(a) else ''):<{WIDTH}} | {(b[i] if i < len(b) else ''):<{WIDTH}} |")
+    print(f"  +-{'-' * WIDTH}-+-{'-' * WIDTH}-+")
+
+
+def wait_for_server(target: str, server: subprocess.Popen, timeout: float = 600) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    started = time.time()
+    spinner = "|/-\\"
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        i = 0
+        while time.time() - started < timeout:
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited with code {server.returncode}; see its log above")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    print(f"\r  server ready after {time.time() - started:.0f} s        ", flush=True)
+                    return
+            except grpc.RpcError:
+                pass
+            print(f"\r  loading model {spinner[i % 4]} {time.time() - started:.0f} s", end="", flush=True)
+            i += 1
+            time.sleep(0.5)
+    raise SystemExit("the server did not become ready in time")
+
+
+def play(target: str) -> None:
+    from steernpc.client import NpcClient
+
+    with NpcClient(target, timeout=300) as npc:
+        names = {c.id: c.name for c in npc.list_characters()}
+        print(f"  characters: {', '.join(sorted(names))}")
+
+        banner("1. One line, two attribute profiles: Marta the innkeeper")
+        line = "Got any rooms free tonight? And what's the food like?"
+        replies = {}
+        for humor in (0, 4):
+            session = npc.create_session("marta", player_name="Traveller")
+            replies[humor] = stream_reply(npc, session.session_id, names["marta"], line, {"humor": humor}, label=f" (humor {humor})")
+        side_by_side("humor 0", replies[0], "humor 4", replies[4])
+        for verbosity in (0, 4):
+            session = npc.create_session("marta", player_name="Traveller")
+            replies[verbosity] = stream_reply(
+                npc, session.session_id, names["marta"], line, {"verbosity": verbosity}, label=f" (verbosity {verbosity})"
+            )
+        side_by_side("verbosity 0", replies[0], "verbosity 4", replies[4])
+
+        banner("2. A mood change mid-conversation: Brom the blacksmith")
+        session = npc.create_session("brom", mood="friendly", player_name="Traveller")
+        sid = session.session_id
+        stream_reply(npc, sid, names["brom"], "Morning, Brom! Could you sharpen my sword?", seed=3, label=" (friendly)")
+        print("  ... the player knocks over Brom's quenching bucket ...")
+        steered = npc.steer(sid, mood="angry")
+        print(f"  [Steer: mood={steered.mood} -> {dict(sorted(steered.attributes.items()))}]")
+        stream_reply(npc, sid, names["brom"], "Oops. Sorry about that. So, about my sword?", seed=3, label=" (angry)")
+
+        banner("3. Save and load the conversation (a save game)")
+        snapshot = npc.export_session(sid)
+        print(f"  ExportSession: {len(snapshot)} bytes of msgpack to keep in the save file")
+        npc.delete_session(sid)
+        print("  DeleteSession: the server forgot it (the game was closed)")
+        restored = npc.import_session(snapshot)
+        print(f"  ImportSession: session back with {restored.turns} turns, mood {restored.mood}")
+        stream_reply(npc, sid, names["brom"], "Alright, I'm back. Is the sword ready?", seed=5, label=" (after load)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Play the SteerNPC demo scene")
+    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--target", default=None, help="use a running server instead of starting one")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import free_port
+
+    from steernpc.runtime_defaults import default_adapter
+
+    if args.target:
+        play(args.target)
+        return 0
+    port = args.port or free_port()
+    target = f"127.0.0.1:{port}"
+    adapter = default_adapter(args.model)
+    banner("SteerNPC demo")
+    print(f"  starting `steernpc serve` on {target} with samples/personas"
+          f"{' and the sample SteerLM adapter ' + os.path.relpath(adapter, REPO) if adapter else ' (no sample adapter found: base model)'}")  # fmt: skip
+    home = tempfile.mkdtemp(prefix="steernpc-demo-")
+    cmd = [sys.executable, "-m", "steernpc.cli", "serve", "--port", str(port), "--store", "sqlite",
+           "--store-path", str(Path(home) / "sessions.sqlite3"), "--log-level", "WARNING"]  # fmt: skip
+    if args.model:
+        cmd += ["--model", args.model]
+    server = subprocess.Popen(cmd)
+    started = time.time()
+    try:
+        wait_for_server(target, server)
+        play(target)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(home, ignore_errors=True)
+    banner(f"Done in {time.time() - started:.0f} s. Carry on:")
+    print("  steernpc chat --persona samples/personas/brom.yaml     # talk to Brom; /set humor 4, /mood angry")
+    print("  steernpc serve                                         # serve every sample persona on 127.0.0.1:50051")
+    print("  steernpc render --persona samples/personas/marta.yaml --say 'Hi' --attr humor=4   # the exact prompt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
