@@ -197,6 +197,7 @@ Client::Client(ClientOptions options) : options_(std::move(options)), id_prefix_
   channel_ = grpc::CreateCustomChannel(options_.target, creds, args);
   stub_ = v1::NpcService::NewStub(channel_);
   thread_ = std::thread([this] { Loop(); });
+  dispatch_thread_ = std::thread([this] { Dispatch(); });
 }
 
 Client::~Client() {
@@ -214,32 +215,39 @@ Client::~Client() {
     // Every started operation must complete before the queue may shut down.
     std::unique_lock<std::mutex> lock(mu_);
     drained_cv_.wait(lock, [this] {
-      return calls_.empty() && cancel_ops_.empty() && tasks_.empty() && !wake_pending_;
+      return calls_.empty() && cancel_ops_.empty() && tasks_.empty() && !running_task_;
     });
+    stop_dispatch_ = true;
   }
+  tasks_cv_.notify_all();
+  if (dispatch_thread_.joinable()) dispatch_thread_.join();
   cq_.Shutdown();
   if (thread_.joinable()) thread_.join();
 }
 
 void Client::Post(std::function<void()> task) {
-  std::lock_guard<std::mutex> lock(mu_);
-  tasks_.push_back(std::move(task));
-  if (!wake_pending_) {
-    wake_pending_ = true;
-    TagHandOff(&wake_op_);
-    wake_alarm_.Set(&cq_, gpr_now(GPR_CLOCK_MONOTONIC), &wake_op_);
-  }
-}
-
-void Client::OnWake() {
-  std::vector<std::function<void()>> tasks;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    wake_pending_ = false;
-    tasks.swap(tasks_);
+    tasks_.push_back(std::move(task));
   }
-  for (auto& task : tasks) task();
-  drained_cv_.notify_all();
+  tasks_cv_.notify_one();
+}
+
+void Client::Dispatch() {
+  std::vector<std::function<void()>> tasks;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    tasks_cv_.wait(lock, [this] { return stop_dispatch_ || !tasks_.empty(); });
+    if (tasks_.empty()) return;  // stop_dispatch_, and nothing left to start
+    tasks.swap(tasks_);
+    running_task_ = true;
+    lock.unlock();
+    for (auto& task : tasks) task();
+    tasks.clear();
+    lock.lock();
+    running_task_ = false;
+    drained_cv_.notify_all();
+  }
 }
 
 void Client::Loop() {
@@ -337,7 +345,7 @@ int64_t Client::Say(const std::string& session_id, const std::string& text,
     calls_[id] = call;
     ++pending_;
   }
-  // Started on the CQ thread: npc_say costs the game thread a few microseconds.
+  // Started on the dispatch thread: npc_say costs the game thread a few microseconds.
   Post([call, request = std::move(request)]() { call->Start(request); });
   return id;
 }

@@ -7,10 +7,11 @@
  *
  * THREADING
  *   - Every function is thread-safe and may be called from any thread.
- *   - Each client owns one background thread that drives its gRPC completion queue. Streamed
- *     replies (npc_say) arrive on that thread and are queued; the game thread collects them
- *     with npc_poll(), typically once per frame. No callback ever runs on an engine thread:
- *     there are no callbacks at all.
+ *   - Each client owns one background thread that drives its gRPC completion queue (and one
+ *     that starts calls, so that npc_say costs the caller microseconds). Streamed replies
+ *     (npc_say) arrive on the completion-queue thread and are queued; the game thread collects
+ *     them with npc_poll(), typically once per frame. No callback ever runs on an engine
+ *     thread: there are no callbacks at all.
  *   - npc_say, npc_cancel and npc_poll never block on the network.
  *   - The unary calls (npc_list_characters, npc_session_*, npc_steer) block the calling
  *     thread for at most the client's default deadline. Call them at load time, or from a
