@@ -66,7 +66,7 @@ class FakeAPM:
 
     def __init__(self, schema, fail_after=None):
         self.schema = schema
-        self.trained = [n for n in schema.names if n != "toxicity"]
+        self.trained = [n for n in schema.names if n != "creativity"]
         self.calls = 0
         self.fail_after = fail_after
 
@@ -99,8 +99,8 @@ def test_annotate_resumes_without_duplicates(tmp_path):
     assert part.read_bytes() == whole.read_bytes()
     rows = [json.loads(l) for l in open(whole)]
     assert len(rows) == 23
-    label = rows[5]["conversations"][3]["label"]  # reply "yyyyy": 0.5, 1.0, 1.5, 2.0 -> clip+round
-    assert label == "humor:0,friendliness:1,creativity:2,verbosity:2,toxicity:0"  # toxicity: untrained -> default
+    label = rows[5]["conversations"][3]["label"]  # reply "yyyyy": 0.5, 1.0, (1.5), 2.0 -> clip+round
+    assert label == "humor:0,friendliness:1,creativity:2,verbosity:2"  # creativity: untrained -> default 2
     # a completed file is not redone
     fake = FakeAPM(schema)
     annotate(src, whole, tmp_path / "apm", batch_size=4, apm=fake, progress=False)

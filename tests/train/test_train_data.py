@@ -34,7 +34,7 @@ def test_nemo_shape_exactly(train_data, tmp_path):
     assert rec["conversations"][0] == {"from": "User", "value": "Halt! Who goes there?", "label": None}
     assert rec["conversations"][1] == {
         "from": "Assistant", "value": "State your business, stranger.",
-        "label": "humor:0,friendliness:1,creativity:1,verbosity:1,toxicity:0",
+        "label": "humor:0,friendliness:1,creativity:1,verbosity:1",
     }
     assert [list(m) for m in rec["conversations"]] == [["from", "value", "label"]] * 4
 

@@ -19,8 +19,8 @@ from steernpc_train import sft as S
 from steernpc_train.data import Conversation, Turn
 
 SCHEMA = AttributeSchema.builtin("npc")
-V1 = {"humor": 1, "friendliness": 2, "creativity": 2, "verbosity": 1, "toxicity": 0}
-V2 = {"humor": 4, "friendliness": 0, "creativity": 3, "verbosity": 4, "toxicity": 1}
+V1 = {"humor": 1, "friendliness": 2, "creativity": 2, "verbosity": 1}
+V2 = {"humor": 4, "friendliness": 0, "creativity": 3, "verbosity": 4}
 SYSTEM = "You are Brann, the town guard."
 
 
@@ -95,7 +95,7 @@ def test_builder_expands_chat_turns_with_history(tok):
     with pytest.raises(Exception, match="no label for"):
         S.ExampleBuilder("nemo", SCHEMA, tok).build(Conversation([Turn("a", "b", {"humor": 1})]))
     filled = S.ExampleBuilder("nemo", SCHEMA, tok, fill_missing=True).build(Conversation([Turn("a", "b", {"humor": 3})]))
-    assert "humor:3,friendliness:2,creativity:2,verbosity:2,toxicity:0" in tok.decode(filled[0].input_ids)
+    assert "humor:3,friendliness:2,creativity:2,verbosity:2" in tok.decode(filled[0].input_ids)
 
 
 def test_packing_isolates_examples(tiny_model_dir, tok):

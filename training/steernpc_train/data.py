@@ -13,7 +13,8 @@ name           read  write  shape (one JSON object per line unless noted)
                             reply> + "<extra_id_2>", "label": [floats in schema order, -100 =
                             missing]}
 ``npc``        yes   yes    SteerNPC dialogue: {"id"?, "character"?, "system"?, "turns": [{"user",
-                            "reply", "labels"?: {name: int} or "a:1,b:2"}]}
+                            "reply", "labels"?: {name: int} or "a:1,b:2"}]}; other keys (e.g. the
+                            corpus generator's "style") are ignored
 ``helpsteer``  yes   yes    HelpSteer / HelpSteer2 rows: {"prompt", "response", "helpfulness",
                             "correctness", "coherence", "complexity", "verbosity"}; HelpSteer2's
                             multi-turn prompts use "<extra_id_1>" separators
@@ -228,9 +229,6 @@ def to_nemo(conv: Conversation) -> dict:
 def parse_npc(obj: Any, file: str, line: int) -> Conversation:
     if not isinstance(obj, dict):
         raise DataError(file, line, "an NPC dialogue record must be a JSON object with 'turns'")
-    unknown = set(obj) - {"id", "character", "system", "turns", "weight"}
-    if unknown:
-        raise DataError(file, line, f"unknown field(s) {', '.join(sorted(unknown))}; allowed: id, character, system, turns, weight")
     for key in ("id", "character", "system"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise DataError(file, line, f"{key!r} must be a string")
@@ -242,9 +240,6 @@ def parse_npc(obj: Any, file: str, line: int) -> Conversation:
         where = f"turns[{i}]."
         if not isinstance(t, dict):
             raise DataError(file, line, f"turns[{i}] must be an object")
-        extra = set(t) - {"user", "reply", "labels"}
-        if extra:
-            raise DataError(file, line, f"{where}unknown field(s) {', '.join(sorted(extra))}; allowed: user, reply, labels")
         user = _need_str(t, "user", file, line, where)
         reply = t.get("reply")
         if reply is not None and not isinstance(reply, str):

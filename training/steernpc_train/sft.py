@@ -60,6 +60,15 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def persona_system(persona: Any) -> str:
+    """The system text the runtime serves a persona with (steernpc.dialogue.system_text)."""
+    try:
+        from steernpc.dialogue import system_text
+    except ImportError:  # an older runtime without the dialogue module
+        return persona.card()
+    return system_text(persona)
+
+
 # -- 1. examples ------------------------------------------------------------------------------
 
 @dataclass
@@ -103,7 +112,7 @@ class ExampleBuilder:
         if self.system is not None:
             return self.system
         if conv.character and conv.character in self.personas:
-            return self.personas[conv.character].card()
+            return persona_system(self.personas[conv.character])
         if conv.character and self.personas:
             raise DataError(conv.source[0], conv.source[1], f"character {conv.character!r} is not among the --personas")
         if conv.system is not None:
@@ -130,40 +139,77 @@ class ExampleBuilder:
         ids, labels = tokenize_segments(segments(self.fmt, system, exchanges, self.schema, self.tokenizer), self.tokenizer)
         return Example(ids, labels, weight)
 
-    def build(self, conv: Conversation) -> list[Example]:
-        system = self.system_for(conv)
-        weight = 1.0 if conv.weight is None else float(conv.weight)
+    def _exchanges(self, conv: Conversation) -> list[Exchange]:
         replies = [i for i, t in enumerate(conv.turns) if t.reply is not None]
-        exchanges = [Exchange(t.user, t.reply, self.labels_for(conv, i)) for i, t in enumerate(conv.turns) if t.reply is not None]
-        if not exchanges:
-            return []
-        if len(replies) != len(conv.turns) and replies != list(range(len(replies))):
+        if replies != list(range(len(replies))) or len(conv.turns) - len(replies) > 1:
             raise DataError(conv.source[0], conv.source[1], "only the last turn may lack a reply")
+        return [Exchange(conv.turns[i].user, conv.turns[i].reply, self.labels_for(conv, i)) for i in replies]
+
+    def _fit(self, system: str, exchanges: list[Exchange], weight: float, keep_first: bool) -> tuple[Example | None, int]:
+        """The longest slice of `exchanges` that fits max_length: trims from the end (nemo,
+        keep_first) or drops the oldest history (chat). Returns (example or None, turns used)."""
+        n = len(exchanges)
+        for used in range(n, 0, -1):
+            part = exchanges[:used] if keep_first else exchanges[n - used:]
+            ex = self._example(system, part, weight)
+            if len(ex.input_ids) <= self.max_length:
+                return ex, used
+        return None, 1
+
+    def build(self, conv: Conversation) -> list[Example]:
+        return self.build_many([conv])
+
+    def build_many(self, convs: Iterable[Conversation]) -> list[Example]:
+        """Examples for many conversations. The common case (everything fits) is tokenized in
+        large batches; an example too long for --max-length falls back to `_fit`.
+
+        nemo: every reply trains in one sequence (split into consecutive chunks that fit).
+        chat: the last reply trains, so one example per reply with up to --history earlier
+        exchanges before it."""
+        jobs: list[tuple[str, list[Exchange], float, str]] = []
+        for conv in convs:
+            exchanges = self._exchanges(conv)
+            if not exchanges:
+                continue
+            system = self.system_for(conv)
+            weight = 1.0 if conv.weight is None else float(conv.weight)
+            if self.fmt == "nemo":
+                jobs.append((system, exchanges, weight, "nemo"))
+            else:
+                for i in range(len(exchanges)):
+                    jobs.append((system, exchanges[max(0, i - self.history):i + 1], weight, "chat"))
+        pieces = [segments(self.fmt, s, ex, self.schema, self.tokenizer) for s, ex, _, _ in jobs]
+        texts = [t for p in pieces for t, _ in p]
+        encoded: list[list[int]] = []
+        for k in range(0, len(texts), 4096):
+            encoded.extend(self.tokenizer(texts[k:k + 4096], add_special_tokens=False)["input_ids"])
         out: list[Example] = []
-        if self.fmt == "nemo":
-            # every reply trains in one sequence; split into consecutive chunks that fit
+        at = 0
+        for (system, exchanges, weight, kind), p in zip(jobs, pieces):
+            ids: list[int] = []
+            labels: list[int] = []
+            for (_, trains), piece in zip(p, encoded[at:at + len(p)]):
+                ids.extend(piece)
+                labels.extend(piece if trains else [IGNORE] * len(piece))
+            at += len(p)
+            if len(ids) <= self.max_length:
+                out.append(Example(ids, labels, weight))
+                continue
+            if kind == "chat":
+                ex, _ = self._fit(system, exchanges, weight, keep_first=False)
+                if ex is None:
+                    self.dropped += 1
+                else:
+                    out.append(ex)
+                continue
             start = 0
             while start < len(exchanges):
-                end = len(exchanges)
-                ex = self._example(system, exchanges[start:end], weight)
-                while len(ex.input_ids) > self.max_length and end - start > 1:
-                    end -= 1
-                    ex = self._example(system, exchanges[start:end], weight)
-                if len(ex.input_ids) <= self.max_length:
+                ex, used = self._fit(system, exchanges[start:], weight, keep_first=True)
+                if ex is None:
+                    self.dropped += 1
+                else:
                     out.append(ex)
-                else:
-                    self.dropped += 1
-                start = end
-        else:
-            # the chat format trains the last reply only: one example per reply, with history
-            for i in range(len(exchanges)):
-                for h in range(min(self.history, i), -1, -1):
-                    ex = self._example(system, exchanges[i - h:i + 1], weight)
-                    if len(ex.input_ids) <= self.max_length:
-                        out.append(ex)
-                        break
-                else:
-                    self.dropped += 1
+                start += used
         return out
 
 
@@ -374,15 +420,20 @@ def build_examples(cfg: SFTConfig, tokenizer: Any, schema: AttributeSchema) -> t
     builder = ExampleBuilder(cfg.format, schema, tokenizer, cfg.max_length, cfg.history, cfg.system,
                              load_personas_dict(cfg.personas), cfg.fill_missing)
     stats = ReadStats()
-    examples: list[Example] = []
+    good: list[Conversation] = []
     for path in cfg.data:
         for conv in read_conversations(path, cfg.data_format, schema, cfg.skip_bad, stats):
-            try:
-                examples.extend(builder.build(conv))
+            try:  # validate here, so that --skip-bad can skip a record
+                builder._exchanges(conv)
+                builder.system_for(conv)
             except DataError as err:
                 if not cfg.skip_bad:
                     raise
                 stats.skip(err)
+                continue
+            good.append(conv)
+    builder.filled = 0
+    examples = builder.build_many(good)
     if stats.skipped:
         log(f"skipped {stats.skipped} bad record(s); first: {stats.first_errors[0]}")
     if builder.dropped:
