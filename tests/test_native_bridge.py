@@ -326,3 +326,26 @@ def test_native_server_down_and_reconnect(native_build, npc_server, tmp_path):
     assert proc.returncode == 0, f"ctest failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
     assert "***Skipped" not in out
     assert watcher.actions == ["stop", "start", "restart"], watcher.actions
+
+
+def test_unreal_plugin_layout():
+    """The Unreal plugin cannot be compiled here (no engine): check what can be checked without it."""
+    import json
+    import re
+
+    plugin = REPO / "engine_bridges" / "unreal" / "SteerNPC"
+    descriptor = json.loads((plugin / "SteerNPC.uplugin").read_text())
+    assert [m["Name"] for m in descriptor["Modules"]] == ["SteerNPC"]
+    for module, path in (("SteerNPC", "Source/SteerNPC/SteerNPC.Build.cs"),
+                         ("SteerNPCLibrary", "Source/ThirdParty/SteerNPCLibrary/SteerNPCLibrary.Build.cs")):  # fmt: skip
+        text = (plugin / path).read_text()
+        assert f"public class {module} : ModuleRules" in text and f"public {module}(ReadOnlyTargetRules Target)" in text
+    for header in (plugin / "Source" / "SteerNPC" / "Public").glob("*.h"):
+        text = header.read_text()
+        if re.search(r"^(UCLASS|USTRUCT|UENUM)\(", text, re.M):
+            includes = re.findall(r'^#include "(.+)"', text, re.M)
+            assert includes[-1] == f"{header.stem}.generated.h", f"{header.name}: .generated.h must be the last include"
+    # Every npc_* the plugin calls exists in the C ABI.
+    abi = (NATIVE / "include" / "steernpc" / "steernpc.h").read_text()
+    used = set(re.findall(r"\b(npc_[a-z_]+)\(", "".join(p.read_text() for p in (plugin / "Source").rglob("*.cpp"))))
+    assert used and all(f" {name}(" in abi for name in used), used

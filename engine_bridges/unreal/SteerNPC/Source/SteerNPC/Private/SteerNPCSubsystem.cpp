@@ -1,0 +1,319 @@
+#include "SteerNPCSubsystem.h"
+
+#include "Async/Async.h"
+#include "Engine/Engine.h"
+#include "Engine/GameInstance.h"
+#include "Engine/World.h"
+#include "Misc/FileHelper.h"
+#include "Misc/Paths.h"
+#include "SteerNPCLog.h"
+#include "SteerNPCSettings.h"
+
+#include <steernpc/steernpc.h>
+
+namespace
+{
+	// UTF-8 for the C ABI; keeps the bytes alive for the duration of a call.
+	struct FUtf8
+	{
+		explicit FUtf8(const FString& S) : Conv(*S) {}
+		const char* Get() const { return reinterpret_cast<const char*>(Conv.Get()); }
+		/** NULL for an empty string (the C ABI's "none"). */
+		const char* OrNull(const FString& S) const { return S.IsEmpty() ? nullptr : Get(); }
+		FTCHARToUTF8 Conv;
+	};
+
+	FString FromUtf8(const char* Ptr, int32 Len = -1)
+	{
+		if (Ptr == nullptr)
+		{
+			return FString();
+		}
+		if (Len < 0)
+		{
+			Len = FCStringAnsi::Strlen(Ptr);
+		}
+		FUTF8ToTCHAR Conv(reinterpret_cast<const ANSICHAR*>(Ptr), Len);
+		return FString(Conv.Length(), Conv.Get());
+	}
+
+	FString LastError() { return FromUtf8(npc_last_error()); }
+
+	template <typename Fn>
+	void OnGameThread(Fn&& Callback)
+	{
+		AsyncTask(ENamedThreads::GameThread, MoveTemp(Callback));
+	}
+}
+
+FSteerNPCClientHandle::~FSteerNPCClientHandle()
+{
+	npc_client_destroy(Client);  // cancels replies in flight, joins the core's threads
+}
+
+USteerNPCSubsystem* USteerNPCSubsystem::Get(const UObject* WorldContextObject)
+{
+	const UWorld* World = GEngine ? GEngine->GetWorldFromContextObject(WorldContextObject, EGetWorldErrorMode::ReturnNull) : nullptr;
+	UGameInstance* GameInstance = World ? World->GetGameInstance() : nullptr;
+	return GameInstance ? GameInstance->GetSubsystem<USteerNPCSubsystem>() : nullptr;
+}
+
+void USteerNPCSubsystem::Initialize(FSubsystemCollectionBase& Collection)
+{
+	Super::Initialize(Collection);
+	const USteerNPCSettings* Settings = GetDefault<USteerNPCSettings>();
+	MaxEventsPerTick = FMath::Max(1, Settings->MaxEventsPerTick);
+
+	FString RootPem;
+	if (Settings->bUseTls && !Settings->RootCertificatesPem.FilePath.IsEmpty())
+	{
+		const FString Path = FPaths::ConvertRelativePathToFull(FPaths::ProjectDir(), Settings->RootCertificatesPem.FilePath);
+		if (!FFileHelper::LoadFileToString(RootPem, *Path))
+		{
+			UE_LOG(LogSteerNPC, Error, TEXT("cannot read TLS root certificates %s"), *Path);
+		}
+	}
+	FUtf8 Target(Settings->ServerTarget), ApiKey(Settings->ApiKey), Roots(RootPem);
+	npc_client_options Options = {};
+	Options.target = Target.Get();
+	Options.api_key = ApiKey.OrNull(Settings->ApiKey);
+	Options.root_certs_pem = Roots.OrNull(RootPem);
+	Options.use_tls = Settings->bUseTls ? 1 : 0;
+	Options.default_deadline_ms = Settings->DefaultDeadlineMs;
+	Options.max_reconnect_backoff_ms = Settings->MaxReconnectBackoffMs;
+	npc_client* Raw = npc_client_create(&Options);
+	if (Raw == nullptr)
+	{
+		UE_LOG(LogSteerNPC, Error, TEXT("cannot create the SteerNPC client: %s"), *LastError());
+		return;
+	}
+	Client = MakeShared<FSteerNPCClientHandle, ESPMode::ThreadSafe>(Raw);
+	npc_client_state(Raw, /*try_to_connect=*/1);  // start connecting in the background
+	UE_LOG(LogSteerNPC, Log, TEXT("SteerNPC client for %s"), *Settings->ServerTarget);
+}
+
+void USteerNPCSubsystem::Deinitialize()
+{
+	Routes.Reset();
+	Client.Reset();  // destroyed now, or when the last worker task using it returns
+	Super::Deinitialize();
+}
+
+ETickableTickType USteerNPCSubsystem::GetTickableTickType() const
+{
+	return IsTemplate() ? ETickableTickType::Never : ETickableTickType::Conditional;
+}
+
+bool USteerNPCSubsystem::IsTickable() const
+{
+	return !IsTemplate() && Client.IsValid();
+}
+
+TStatId USteerNPCSubsystem::GetStatId() const
+{
+	RETURN_QUICK_DECLARE_CYCLE_STAT(USteerNPCSubsystem, STATGROUP_Tickables);
+}
+
+void USteerNPCSubsystem::Tick(float DeltaTime)
+{
+	if (!Client.IsValid())
+	{
+		return;
+	}
+	npc_event Raw;
+	for (int32 Count = 0; Count < MaxEventsPerTick && npc_poll(Client->Get(), &Raw) == 1; ++Count)
+	{
+		// Copy out now: the native strings are valid only until the next npc_poll on this thread.
+		FSteerNPCEvent Event;
+		Event.RequestId = Raw.request_id;
+		Event.Type = static_cast<ESteerNPCEventType>(Raw.type);
+		Event.Text = FromUtf8(Raw.text, Raw.text_len);
+		Event.FinishReason = static_cast<ESteerNPCFinishReason>(Raw.finish_reason);
+		Event.StatusCode = Raw.status_code;
+		Event.SessionId = FromUtf8(Raw.session_id);
+		Event.CompletionTokens = Raw.completion_tokens;
+		Event.ServerTimeToFirstTokenMs = Raw.server_ttft_ms;
+		if (Event.Type == ESteerNPCEventType::Done)
+		{
+			Event.AppliedAttributes = SteerNPC::ParseAttributes(FromUtf8(Raw.attributes));
+		}
+		OnAnyEvent.Broadcast(Event);
+		if (Event.IsFinal())
+		{
+			FSteerNPCReplyHandler Handler;
+			if (Routes.RemoveAndCopyValue(Event.RequestId, Handler))
+			{
+				Handler.ExecuteIfBound(Event);
+			}
+		}
+		else if (const FSteerNPCReplyHandler* Found = Routes.Find(Event.RequestId))
+		{
+			// A copy: the handler may start another reply, which can reallocate Routes.
+			const FSteerNPCReplyHandler Handler = *Found;
+			Handler.ExecuteIfBound(Event);
+		}
+	}
+}
+
+int64 USteerNPCSubsystem::Say(const FString& SessionId, const FString& Text, const FString& AttributeOverrides, int32 MaxNewTokens,
+                              FSteerNPCReplyHandler Handler, FString& OutError)
+{
+	if (!Client.IsValid())
+	{
+		OutError = TEXT("SteerNPC client is not available (see the log)");
+		return 0;
+	}
+	FUtf8 Session(SessionId), Line(Text), Overrides(AttributeOverrides);
+	npc_say_options Options = {};
+	Options.attributes = Overrides.OrNull(AttributeOverrides);
+	Options.max_new_tokens = MaxNewTokens;
+	const npc_request_id Id = npc_say_ex(Client->Get(), Session.Get(), Line.Get(), &Options);
+	if (Id <= 0)
+	{
+		OutError = LastError();
+		return 0;
+	}
+	// Events are only taken out in Tick, on this (game) thread: registering now cannot miss any.
+	Routes.Add(Id, MoveTemp(Handler));
+	return Id;
+}
+
+bool USteerNPCSubsystem::CancelReply(int64 RequestId)
+{
+	return Client.IsValid() && npc_cancel(Client->Get(), RequestId) == 0;
+}
+
+void USteerNPCSubsystem::CreateSessionAsync(const FString& CharacterId, const FString& Mood, const FString& Attributes,
+                                            const FString& PlayerName,
+                                            TFunction<void(const FString&, int32, const FString&)> Done)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid())
+	{
+		Done(FString(), 9, TEXT("SteerNPC client is not available"));
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, CharacterId, Mood, Attributes, PlayerName, Done = MoveTemp(Done)]() mutable
+	{
+		FUtf8 Character(CharacterId), MoodUtf8(Mood), Attrs(Attributes), Player(PlayerName);
+		npc_session_options Options = {};
+		Options.character_id = Character.Get();
+		Options.mood = MoodUtf8.OrNull(Mood);
+		Options.attributes = Attrs.OrNull(Attributes);
+		Options.player_name = Player.OrNull(PlayerName);
+		char Id[256];
+		const int32 Result = npc_session_create_ex(Ref->Get(), &Options, Id, sizeof(Id));
+		const FString SessionId = Result > 0 && Result <= int32(sizeof(Id)) ? FromUtf8(Id) : FString();
+		const int32 Status = Result < 0 ? -Result : (SessionId.IsEmpty() ? 13 : 0);
+		const FString Error = Result < 0 ? LastError() : FString();
+		OnGameThread([Done = MoveTemp(Done), SessionId, Status, Error]() { Done(SessionId, Status, Error); });
+	});
+}
+
+void USteerNPCSubsystem::ImportSessionAsync(const TArray<uint8>& Snapshot,
+                                            TFunction<void(const FString&, int32, const FString&)> Done)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid())
+	{
+		Done(FString(), 9, TEXT("SteerNPC client is not available"));
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, Snapshot, Done = MoveTemp(Done)]() mutable
+	{
+		char Id[256];
+		const int32 Result = npc_session_import(Ref->Get(), Snapshot.GetData(), Snapshot.Num(), Id, sizeof(Id));
+		const FString SessionId = Result > 0 && Result <= int32(sizeof(Id)) ? FromUtf8(Id) : FString();
+		const int32 Status = Result < 0 ? -Result : (SessionId.IsEmpty() ? 13 : 0);
+		const FString Error = Result < 0 ? LastError() : FString();
+		OnGameThread([Done = MoveTemp(Done), SessionId, Status, Error]() { Done(SessionId, Status, Error); });
+	});
+}
+
+void USteerNPCSubsystem::SteerAsync(const FString& SessionId, const FString& Mood, const FString& Attributes, bool bClear,
+                                    TFunction<void(int32, const FString&)> Done)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid())
+	{
+		if (Done) Done(9, TEXT("SteerNPC client is not available"));
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, SessionId, Mood, Attributes, bClear, Done = MoveTemp(Done)]() mutable
+	{
+		FUtf8 Session(SessionId), MoodUtf8(Mood), Attrs(Attributes);
+		const int32 Result = npc_steer_ex(Ref->Get(), Session.Get(), MoodUtf8.OrNull(Mood), Attrs.OrNull(Attributes), bClear ? 1 : 0);
+		const FString Error = Result < 0 ? LastError() : FString();
+		if (Done)
+		{
+			OnGameThread([Done = MoveTemp(Done), Result, Error]() { Done(Result < 0 ? -Result : 0, Error); });
+		}
+	});
+}
+
+void USteerNPCSubsystem::DeleteSessionAsync(const FString& SessionId)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid() || SessionId.IsEmpty())
+	{
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, SessionId]()
+	{
+		FUtf8 Session(SessionId);
+		npc_session_delete(Ref->Get(), Session.Get());
+	});
+}
+
+bool USteerNPCSubsystem::ListCharactersJson(FString& OutJson, FString& OutError)
+{
+	if (!Client.IsValid())
+	{
+		OutError = TEXT("SteerNPC client is not available");
+		return false;
+	}
+	TArray<char> Buffer;
+	Buffer.SetNumUninitialized(16 * 1024);
+	int32 Need = npc_list_characters(Client->Get(), Buffer.GetData(), Buffer.Num());
+	if (Need > Buffer.Num())
+	{
+		Buffer.SetNumUninitialized(Need);
+		Need = npc_list_characters(Client->Get(), Buffer.GetData(), Buffer.Num());
+	}
+	if (Need < 0 || Need > Buffer.Num())
+	{
+		OutError = Need < 0 ? LastError() : TEXT("character list changed between two calls");
+		return false;
+	}
+	OutJson = FromUtf8(Buffer.GetData());
+	return true;
+}
+
+bool USteerNPCSubsystem::ExportSession(const FString& SessionId, TArray<uint8>& OutSnapshot, FString& OutError)
+{
+	if (!Client.IsValid())
+	{
+		OutError = TEXT("SteerNPC client is not available");
+		return false;
+	}
+	FUtf8 Session(SessionId);
+	int32 Need = npc_session_export(Client->Get(), Session.Get(), nullptr, 0);
+	if (Need >= 0)
+	{
+		OutSnapshot.SetNumUninitialized(Need);
+		Need = npc_session_export(Client->Get(), Session.Get(), OutSnapshot.GetData(), OutSnapshot.Num());
+	}
+	if (Need < 0 || Need > OutSnapshot.Num())
+	{
+		OutError = Need < 0 ? LastError() : TEXT("snapshot grew between two calls");
+		OutSnapshot.Reset();
+		return false;
+	}
+	OutSnapshot.SetNum(Need);
+	return true;
+}
+
+bool USteerNPCSubsystem::IsConnected() const
+{
+	return Client.IsValid() && npc_client_state(Client->Get(), 0) == NPC_STATE_READY;
+}

@@ -1,0 +1,75 @@
+// Blueprint-facing types of the SteerNPC plugin.
+#pragma once
+
+#include "CoreMinimal.h"
+#include "SteerNPCTypes.generated.h"
+
+UENUM(BlueprintType)
+enum class ESteerNPCEventType : uint8
+{
+	None = 0,
+	/** A piece of the reply (Text). */
+	Delta = 1,
+	/** The reply finished: Text is the whole reply; FinishReason and AppliedAttributes are set. */
+	Done = 2,
+	/** The reply failed: StatusCode is a gRPC status code, Text the message. */
+	Error = 3,
+};
+
+UENUM(BlueprintType)
+enum class ESteerNPCFinishReason : uint8
+{
+	Unspecified = 0,
+	/** The character finished its line. */
+	Stop = 1,
+	/** The token limit was reached. */
+	Length = 2,
+	/** Cancelled by the game (CancelReply / a new Say). */
+	Cancelled = 3,
+};
+
+/** One event of a streamed reply, copied out of the native core on the game thread. */
+USTRUCT(BlueprintType)
+struct STEERNPC_API FSteerNPCEvent
+{
+	GENERATED_BODY()
+
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	int64 RequestId = 0;
+
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	ESteerNPCEventType Type = ESteerNPCEventType::None;
+
+	/** Delta: the new piece. Done: the whole reply. Error: the message. */
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	FString Text;
+
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	ESteerNPCFinishReason FinishReason = ESteerNPCFinishReason::Unspecified;
+
+	/** Error: gRPC status code (5 NOT_FOUND, 14 UNAVAILABLE, 16 UNAUTHENTICATED, ...). */
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	int32 StatusCode = 0;
+
+	/** Done: the attribute vector the server applied to this reply. */
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	TMap<FString, int32> AppliedAttributes;
+
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	FString SessionId;
+
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	int32 CompletionTokens = 0;
+
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	float ServerTimeToFirstTokenMs = 0.f;
+
+	bool IsFinal() const { return Type == ESteerNPCEventType::Done || Type == ESteerNPCEventType::Error; }
+};
+
+namespace SteerNPC
+{
+	/** "humor:4,verbosity:1" <-> map, the attribute format of the native core. */
+	STEERNPC_API FString FormatAttributes(const TMap<FString, int32>& Attributes);
+	STEERNPC_API TMap<FString, int32> ParseAttributes(const FString& Text);
+}
