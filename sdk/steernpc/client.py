@@ -142,6 +142,9 @@ class AsyncNpcClient:
         response = await self.stub.ListCharacters(pb.ListCharactersRequest(), metadata=self.metadata, timeout=self.timeout)
         return list(response.characters)
 
+    async def get_character(self, character_id: str) -> pb.Character:
+        return await self.stub.GetCharacter(pb.GetCharacterRequest(character_id=character_id), metadata=self.metadata, timeout=self.timeout)
+
     async def create_session(self, character_id: str, session_id: str = "", mood: str = "", attributes=None,
                              player_name: str = "", context=None) -> pb.Session:  # fmt: skip
         request = pb.CreateSessionRequest(character_id=character_id, session_id=session_id, mood=mood,

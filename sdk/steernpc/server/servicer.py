@@ -46,6 +46,16 @@ def _invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+class _Waiting:
+    """An accepted say waiting for its session's running reply: Cancel marks it, and it
+    then ends with a cancelled done instead of generating."""
+
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class NpcServicer(pb_grpc.NpcServiceServicer):
     def __init__(
         self,
@@ -63,7 +73,8 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         self.history_tokens = history_tokens
         self.metrics = metrics or Metrics()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._interactions: dict[str, object] = {}  # interaction id -> Stream
+        self._interactions: dict[str, object] = {}  # interaction id -> Stream (or _Waiting)
+        self._replying: dict[str, object] = {}  # session id -> Stream of its running reply
 
     # -- helpers -------------------------------------------------------------------------------
     def _persona(self, character_id: str) -> Persona:
@@ -93,6 +104,15 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             attributes=attributes,
             turns=session.turns,
         )
+
+    @staticmethod
+    def _check_attributes(persona: Persona, attributes) -> dict[str, int]:
+        """A request's `attributes` map checked against the character's schema, so that an
+        error names the wire field (`attributes.humor = 9 is outside 0..4`)."""
+        try:
+            return persona.schema.check_vector(dict(attributes), "attributes")
+        except InvalidAttribute as exc:
+            raise _invalid(str(exc)) from None
 
     @staticmethod
     def _check_steering(persona: Persona, mood: str | None, steer: dict, override: dict | None = None) -> dict[str, int]:
@@ -138,7 +158,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
     async def CreateSession(self, request, context):
         async def run():
             persona = self._persona(request.character_id)
-            steer = dict(request.attributes)
+            steer = self._check_attributes(persona, request.attributes)
             self._check_steering(persona, request.mood, steer)
             session_id = request.session_id or uuid.uuid4().hex
             if len(session_id) > 128:
@@ -164,8 +184,14 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         async def run():
             if not request.session_id:
                 raise _invalid("session_id is empty")
-            if not await asyncio.to_thread(self.store.delete, request.session_id):
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} not found")
+            # A running reply would store the session again when it ends: stop it, and
+            # delete once it has (under the session lock).
+            running = self._replying.get(request.session_id)
+            if running is not None:
+                running.cancel()
+            async with self._lock(request.session_id):
+                if not await asyncio.to_thread(self.store.delete, request.session_id):
+                    raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} not found")
             self._locks.pop(request.session_id, None)
             if self.backend is not None:
                 self.backend.drop_cache(request.session_id)
@@ -179,7 +205,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             persona = self._persona(session.character_id)
             mood = request.mood or ("" if request.clear else session.mood)
             steer = {} if request.clear else dict(session.steer)
-            steer.update(request.attributes)
+            steer.update(self._check_attributes(persona, request.attributes))
             self._check_steering(persona, mood, steer)
             session.apply_steer(mood=request.mood or None, attributes=dict(request.attributes), clear=request.clear)
             await asyncio.to_thread(self.store.put, session)
@@ -217,10 +243,19 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"interaction {interaction_id!r} is already running")
         if not request.text.strip():
             raise _invalid("text is empty: the player must say something")
+        # Registered at once, so that Cancel finds a say still waiting for the session.
+        waiting = self._interactions[interaction_id] = _Waiting()
+        try:
+            async for event in self._say_locked(backend, request, interaction_id, waiting):
+                yield event
+        finally:
+            self._interactions.pop(interaction_id, None)
+
+    async def _say_locked(self, backend: Backend, request, interaction_id: str, waiting: _Waiting) -> AsyncIterator[pb.SayEvent]:
         async with self._lock(request.session_id):
             session = await self._session(request.session_id)
             persona = self._persona(session.character_id)
-            override = dict(request.attributes)
+            override = self._check_attributes(persona, request.attributes)
             self._check_steering(persona, session.mood, session.steer, override)
             o = request.options
             options = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k}
@@ -232,12 +267,18 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                     request.text, session.mood or None, session.steer, override, options, cache_key=session.session_id,
                     player_name=session.player_name, context=session.context, request_id=interaction_id,
                 )  # fmt: skip
+                if waiting.cancelled:  # cancelled before its turn came: nothing to generate
+                    final = Finished("", "cancelled")
+                    self.metrics.reply_finished(session.session_id, final.reason, 0)
+                    yield self._done_event(interaction_id, final, turn.attributes)
+                    return
                 stream = backend.submit(turn.request)
             except QueueFull as exc:
                 raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
             except (InvalidAttribute, ValueError) as exc:
                 raise _invalid(str(exc)) from None
             self._interactions[interaction_id] = stream
+            self._replying[session.session_id] = stream
             final: Finished | None = None
             started = last = time.perf_counter()
             try:
@@ -251,6 +292,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                         final = event
             finally:
                 self._interactions.pop(interaction_id, None)
+                self._replying.pop(session.session_id, None)
                 if final is None:  # the caller went away (cancel, disconnect, deadline)
                     stream.cancel()
                     final = await asyncio.to_thread(stream.result, 30)
@@ -261,21 +303,25 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                     await asyncio.to_thread(self.store.put, session)
             if final.reason == "error":
                 raise RequestError(grpc.StatusCode.INTERNAL, f"generation failed: {final.error}")
-            yield pb.SayEvent(
-                interaction_id=interaction_id,
-                done=pb.ReplyDone(
-                    text=final.text,
-                    finish_reason=FINISH.get(final.reason, pb.FINISH_REASON_UNSPECIFIED),
-                    attributes=turn.attributes,
-                    usage=pb.Usage(
-                        prompt_tokens=final.prompt_tokens,
-                        completion_tokens=final.completion_tokens,
-                        time_to_first_token_ms=final.ttft_ms,
-                        total_ms=final.total_ms,
-                        cached_tokens=final.cached_tokens,
-                    ),
+            yield self._done_event(interaction_id, final, turn.attributes)
+
+    @staticmethod
+    def _done_event(interaction_id: str, final: Finished, attributes: dict[str, int]) -> pb.SayEvent:
+        return pb.SayEvent(
+            interaction_id=interaction_id,
+            done=pb.ReplyDone(
+                text=final.text,
+                finish_reason=FINISH.get(final.reason, pb.FINISH_REASON_UNSPECIFIED),
+                attributes=attributes,
+                usage=pb.Usage(
+                    prompt_tokens=final.prompt_tokens,
+                    completion_tokens=final.completion_tokens,
+                    time_to_first_token_ms=final.ttft_ms,
+                    total_ms=final.total_ms,
+                    cached_tokens=final.cached_tokens,
                 ),
-            )
+            ),
+        )
 
     async def Say(self, request, context):
         try:
@@ -308,22 +354,30 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             except RequestError as exc:
                 await out.put(pb.SayEvent(interaction_id=iid, error=pb.ReplyError(code=exc.code.value[0], message=exc.message)))
 
+        async def run_steer(steer):
+            try:
+                await out.put(pb.SayEvent(session=await self._steer(steer)))
+            except RequestError as exc:
+                await out.put(pb.SayEvent(error=pb.ReplyError(code=exc.code.value[0], message=exc.message)))
+
+        def spawn(coro) -> None:
+            task = asyncio.create_task(coro)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
         async def reader():
+            # A say or a steer waits for the session's running reply (the session lock), so
+            # both run as tasks and the reader stays free for a cancel. The lock is FIFO and
+            # each task asks for it in its first step, so they apply in the order sent.
             async for message in request_iterator:
                 kind = message.WhichOneof("request")
                 if kind == "say":
                     say = message.say
                     if not say.interaction_id:
                         say.interaction_id = uuid.uuid4().hex
-                    task = asyncio.create_task(run_say(say))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    spawn(run_say(say))
                 elif kind == "steer":
-                    try:
-                        session = await self._steer(message.steer)
-                        await out.put(pb.SayEvent(session=session))
-                    except RequestError as exc:
-                        await out.put(pb.SayEvent(error=pb.ReplyError(code=exc.code.value[0], message=exc.message)))
+                    spawn(run_steer(message.steer))
                 elif kind == "cancel":
                     stream = self._interactions.get(message.cancel.interaction_id)
                     if stream is not None:
