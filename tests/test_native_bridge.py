@@ -203,9 +203,20 @@ class ServerProcess:
             return "(no log)"
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    def env(self) -> dict[str, str]:
+    def env(self, character: str = "brom") -> dict[str, str]:
         return dict(os.environ, STEERNPC_TEST_TARGET=self.target, STEERNPC_TEST_API_KEY=self.api_key or "",
-                    STEERNPC_TEST_CHARACTER="brom")  # fmt: skip
+                    STEERNPC_TEST_CHARACTER=character, STEERNPC_TEST_MOOD=first_mood(character))  # fmt: skip
+
+
+def first_mood(character: str) -> str:
+    """One of the sample character's moods, read from its persona file (the tests steer with it)."""
+    import yaml
+
+    data = yaml.safe_load((SAMPLE_PERSONAS / f"{character}.yaml").read_text())
+    moods = list((data or {}).get("moods") or {})
+    if not moods:
+        pytest.fail(f"samples/personas/{character}.yaml has no moods; the bridge tests steer {character} with one", pytrace=False)
+    return moods[0]
 
 
 class ControlWatcher:

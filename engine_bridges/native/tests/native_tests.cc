@@ -83,6 +83,8 @@ std::string Env(const char* name, const char* fallback = "") {
 std::string Target() { return Env("STEERNPC_TEST_TARGET"); }
 std::string ApiKey() { return Env("STEERNPC_TEST_API_KEY"); }
 std::string Character() { return Env("STEERNPC_TEST_CHARACTER", "brom"); }
+// One of the character's moods (the harness reads it from the persona file).
+std::string Mood() { return Env("STEERNPC_TEST_MOOD", "angry"); }
 
 struct ClientPtr {
   npc_client* c = nullptr;
@@ -372,14 +374,15 @@ void TestSteer() {
   CHECK_EQ(a1["humor"], humor);
   CHECK_EQ(a1["verbosity"], 3);
   // A mood from the character sheet, then clear.
-  CHECK_EQ(npc_steer_ex(c, session.c_str(), "angry", nullptr, 1), 0);
+  CHECK_EQ(npc_steer_ex(c, session.c_str(), Mood().c_str(), nullptr, 1), 0);
   char json[4096];
   CHECK(npc_session_get(c, session.c_str(), json, sizeof json) > 0);
-  CHECK(std::strstr(json, "\"mood\":\"angry\"") != nullptr);
+  CHECK(std::strstr(json, ("\"mood\":\"" + Mood() + "\"").c_str()) != nullptr);
   Reply angry = SayAndCollect(c, session, "Hello again.");
   ExpectDone(angry);
   auto a2 = ParseAttrs(angry.attributes);
-  CHECK_EQ(a2["humor"], a0["humor"]);  // clear dropped the humor steer
+  // clear dropped the humor / verbosity steer: the reply gets exactly the session's mood vector.
+  CHECK_EQ(a2, JsonAttrs(json));
   std::printf("before %s | steered %s | angry %s\n", before.attributes.c_str(), after.attributes.c_str(),
               angry.attributes.c_str());
   // Unknown mood / attribute: INVALID_ARGUMENT that names it.
@@ -497,7 +500,7 @@ void TestBadAttribute() {
 void TestExportImport() {
   ClientPtr c(NewClient());
   std::string session = CreateSession(c);
-  CHECK_EQ(npc_steer(c, session.c_str(), "friendly", "humor:3"), 0);
+  CHECK_EQ(npc_steer(c, session.c_str(), Mood().c_str(), "humor:3"), 0);
   ExpectDone(SayAndCollect(c, session, "Remember me: my name is Ada."));
   char before[4096];
   CHECK(npc_session_get(c, session.c_str(), before, sizeof before) > 0);
@@ -517,7 +520,7 @@ void TestExportImport() {
   CHECK(npc_session_get(c, id, after, sizeof after) > 0);
   CHECK_EQ(JsonAttrs(after), JsonAttrs(before));
   CHECK_EQ(JsonAttrs(after)["humor"], 3);
-  CHECK(std::strstr(after, "\"mood\":\"friendly\"") != nullptr);
+  CHECK(std::strstr(after, ("\"mood\":\"" + Mood() + "\"").c_str()) != nullptr);
   CHECK(std::strstr(after, "\"turns\":1") != nullptr);
   CHECK(std::strstr(after, ("\"character_id\":\"" + Character() + "\"").c_str()) != nullptr);
   std::printf("snapshot %d bytes; session %s\n", need, after);
@@ -619,6 +622,20 @@ void TestServerDown() {
   CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_ERROR));
   CHECK_EQ(r.status_code, 14);
   std::printf("say error event: %s\n", r.text.c_str());
+  {
+    // wait_for_ready: calls wait for the server (up to their deadline) instead of failing fast.
+    npc_client_options o{};
+    std::string target = Target(), key = ApiKey();
+    o.target = target.c_str();
+    o.api_key = key.c_str();
+    o.default_deadline_ms = 1500;
+    o.wait_for_ready = 1;
+    ClientPtr patient(npc_client_create(&o));
+    auto tw = Clock::now();
+    CHECK_EQ(npc_list_characters(patient, buf, sizeof buf), -4);  // DEADLINE_EXCEEDED
+    CHECK(MsSince(tw) >= 1400);
+    std::printf("wait_for_ready: DEADLINE_EXCEEDED after %.0f ms\n", MsSince(tw));
+  }
   Control("start");
   auto t1 = Clock::now();
   int32_t n = -1;

@@ -48,6 +48,7 @@ namespace SteerNpc.Tests
         static string Target { get { return Environment.GetEnvironmentVariable("STEERNPC_TEST_TARGET"); } }
         static string ApiKey { get { return Environment.GetEnvironmentVariable("STEERNPC_TEST_API_KEY") ?? ""; } }
         static string Character { get { return Environment.GetEnvironmentVariable("STEERNPC_TEST_CHARACTER") ?? "brom"; } }
+        static string Mood { get { return Environment.GetEnvironmentVariable("STEERNPC_TEST_MOOD") ?? "angry"; } }
 
         static SteerNpcClient NewClient(string apiKey = null)
         {
@@ -114,8 +115,8 @@ namespace SteerNpc.Tests
                 var session = (Dictionary<string, object>)MiniJson.Parse(client.GetSessionJson(id));
                 Assert.Equal(Character, (string)session["character_id"], "character_id");
                 string chosen = "mono-" + Guid.NewGuid().ToString("N");
-                Assert.Equal(chosen, client.CreateSession(Character, mood: "friendly", sessionId: chosen), "client-chosen id");
-                Assert.True(client.GetSessionJson(chosen).Contains("\"mood\":\"friendly\""), "mood set at creation");
+                Assert.Equal(chosen, client.CreateSession(Character, mood: Mood, sessionId: chosen), "client-chosen id");
+                Assert.True(client.GetSessionJson(chosen).Contains("\"mood\":\"" + Mood + "\""), "mood set at creation");
                 client.DeleteSession(id);
                 var e = Assert.Throws(() => client.GetSessionJson(id), "deleted session");
                 Assert.Equal(StatusCodes.NotFound, e.StatusCode, "status of a deleted session");
@@ -170,9 +171,11 @@ namespace SteerNpc.Tests
                 NpcReply after = SayAndWait(client, session, "Tell me a joke.");
                 Assert.Equal(humor, after.Final.AppliedAttributes["humor"], "steered humor");
                 Assert.Equal(3, after.Final.AppliedAttributes["verbosity"], "steered verbosity");
-                client.Steer(session, "angry", (string)null, true);
+                client.Steer(session, Mood, (string)null, true);
                 NpcReply angry = SayAndWait(client, session, "Hello again.");
-                Assert.Equal(before.Final.AppliedAttributes["humor"], angry.Final.AppliedAttributes["humor"], "clear dropped the steer");
+                var sessionAttrs = (Dictionary<string, object>)((Dictionary<string, object>)MiniJson.Parse(client.GetSessionJson(session)))["attributes"];
+                Assert.Equal(AttributeString.Format(sessionAttrs.ToDictionary(kv => kv.Key, kv => Convert.ToInt32(kv.Value))),
+                             angry.Final.Attributes, "clear dropped the steer: the reply gets the session's mood vector");
                 // A per-reply override applies to that reply only.
                 NpcReply over = SayAndWait(client, session, "Once more.", "humor:" + humor);
                 Assert.Equal(humor, over.Final.AppliedAttributes["humor"], "per-reply override");
@@ -248,7 +251,7 @@ namespace SteerNpc.Tests
             using (var client = NewClient())
             {
                 string session = client.CreateSession(Character);
-                client.Steer(session, "friendly", "humor:3");
+                client.Steer(session, Mood, "humor:3");
                 SayAndWait(client, session, "My name is Ada.");
                 byte[] snapshot = client.ExportSession(session);
                 Assert.True(snapshot.Length > 0, "snapshot bytes");
@@ -257,7 +260,7 @@ namespace SteerNpc.Tests
                 Assert.Equal(session, restored, "restored id");
                 var s = (Dictionary<string, object>)MiniJson.Parse(client.GetSessionJson(restored));
                 Assert.Equal(1, Convert.ToInt32(s["turns"]), "turns survive");
-                Assert.Equal("friendly", (string)s["mood"], "mood survives");
+                Assert.Equal(Mood, (string)s["mood"], "mood survives");
                 NpcReply r = SayAndWait(client, restored, "Remember me?");
                 Assert.Equal(3, r.Final.AppliedAttributes["humor"], "steer survives");
                 Console.WriteLine("    snapshot {0} bytes", snapshot.Length);
