@@ -17,10 +17,20 @@ class TextAssembler:
         self.ids: list[int] = []
         self.emitted = ""
         self.stopped = False
+        self._raw = ""  # decoded text so far
+        self._prefix = 0  # incremental decoding window (as in vLLM): only the last few
+        self._read = 0  # tokens are decoded per step, not the whole reply
+
+    def _decode_step(self) -> None:
+        before = self.tokenizer.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._raw += after[len(before) :]
+            self._prefix, self._read = self._read, len(self.ids)
 
     def _visible(self) -> tuple[str, bool]:
         """(text that may be shown so far, whether a stop string was hit)."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        text = self._raw.lstrip()
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             return text[:cut].rstrip(), True
@@ -40,6 +50,7 @@ class TextAssembler:
     def add(self, token_id: int) -> str:
         """Add one token; return the new text to show (may be empty)."""
         self.ids.append(int(token_id))
+        self._decode_step()
         visible, self.stopped = self._visible()
         if not visible.startswith(self.emitted):  # a re-tokenization changed earlier text
             return ""
@@ -51,7 +62,9 @@ class TextAssembler:
         """The rest of the text once generation ends (whatever was held back)."""
         if self.stopped:
             return ""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip().rstrip()
+        rest = self.tokenizer.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        done = self.tokenizer.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        text = (self._raw + rest[len(done) :]).strip()
         if not text.startswith(self.emitted):
             return ""
         delta = text[len(self.emitted):]

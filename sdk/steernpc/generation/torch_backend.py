@@ -369,17 +369,18 @@ class TorchBackend(Backend):
             logits[job.seen] = torch.where(scores > 0, scores / p.repetition_penalty, scores * p.repetition_penalty)
         if p.temperature <= 0:
             return int(torch.argmax(logits))
-        logits = logits / p.temperature
+        # Work on the top-k candidates only (sorted), not the whole vocabulary.
         if p.top_k > 0:
-            kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            values, index = torch.topk(logits, min(p.top_k, logits.numel()))
+        else:
+            values, index = torch.sort(logits, descending=True)
+        values = values / p.temperature
         if p.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-            drop = cumulative - torch.softmax(sorted_logits, dim=-1) > p.top_p  # keep the token that crosses top_p
-            logits = logits.index_fill(0, order[drop], float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=job.generator))
+            probs = torch.softmax(values, dim=-1)
+            beyond = probs.cumsum(-1) - probs > p.top_p  # keep the token that crosses top_p
+            values = values.masked_fill(beyond, float("-inf"))
+        choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=job.generator)
+        return int(index[choice])
 
     def _emit(self, row: int, token: int) -> None:
         job = self._running[row]

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from typing import AsyncIterator
 
 import grpc
@@ -22,7 +23,7 @@ from steernpc.persona import Persona
 from steernpc.prompt import Exchange
 from steernpc.server.characters import CharacterRegistry
 from steernpc.server.metrics import Metrics
-from steernpc.sessions import Session, SessionStore, SnapshotError, export_snapshot, import_snapshot
+from steernpc.sessions import Session, SessionStore, SnapshotError, StoreError, export_snapshot, import_snapshot
 from steernpc.wire import pb, pb_grpc
 
 log = logging.getLogger("steernpc.server")
@@ -32,6 +33,11 @@ FINISH = {
     "length": pb.FINISH_REASON_LENGTH,
     "cancelled": pb.FINISH_REASON_CANCELLED,
 }
+
+
+# Old turns leave the prompt in blocks of this many, so a long conversation's cached
+# prefix stays valid for several turns instead of being recomputed every turn.
+HISTORY_STEP = 4
 
 
 class RequestError(Exception):
@@ -72,7 +78,8 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         self.fmt = fmt
         self.history_tokens = history_tokens
         self.metrics = metrics or Metrics()
-        self._locks: dict[str, asyncio.Lock] = {}
+        # One lock per session, kept only while someone holds or awaits it.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._interactions: dict[str, object] = {}  # interaction id -> Stream (or _Waiting)
         self._replying: dict[str, object] = {}  # session id -> Stream of its running reply
 
@@ -263,7 +270,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 options["seed"] = o.seed
             try:
                 turn = prepare_turn(
-                    persona, self.fmt, backend.tokenizer, session.window(backend.count_tokens, self.history_tokens),
+                    persona, self.fmt, backend.tokenizer, session.window(backend.count_tokens, self.history_tokens, step=HISTORY_STEP),
                     request.text, session.mood or None, session.steer, override, options, cache_key=session.session_id,
                     player_name=session.player_name, context=session.context, request_id=interaction_id,
                 )  # fmt: skip
@@ -329,6 +336,8 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 yield event
         except RequestError as exc:
             await context.abort(exc.code, exc.message)
+        except StoreError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {exc}")
 
     async def Cancel(self, request, context):
         async def run():
@@ -415,3 +424,5 @@ async def _unary(context, fn):
         return result
     except RequestError as exc:
         await context.abort(exc.code, exc.message)
+    except StoreError as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {exc}")
