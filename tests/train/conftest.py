@@ -28,12 +28,24 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m steernpc_train ARGS` (== `steernpc ARGS`) in a fresh process."""
-    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    # one thread: on a shared 2-core machine, torch's thread pool mostly spins under contention
+    full_env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "steernpc_train", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
     return proc
+
+
+@pytest.fixture
+def one_thread():
+    """Run in-process torch work on one thread (much faster on a loaded 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -51,11 +51,12 @@ def _sft_config(args: argparse.Namespace, **over):
     from steernpc_train.sft import SFTConfig
 
     values = dict(
-        base=args.base, data=list(getattr(args, "data", []) or []), out=args.out, format=args.format, schema=args.schema,
+        base=getattr(args, "base", "smollm2"), data=list(getattr(args, "data", []) or []), out=args.out,
+        format=getattr(args, "format", None) or "chat", schema=args.schema,
         data_format=getattr(args, "data_format", "auto"), personas=args.personas or [], system=args.system,
         history=args.history, fill_missing=args.fill_missing, skip_bad=args.skip_bad, max_examples=args.max_examples,
         lora=args.lora or 16, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, full=args.full,
-        init_adapter=args.init_adapter, max_length=args.max_length, packing=not args.no_packing,
+        init_adapter=getattr(args, "init_adapter", None), max_length=args.max_length, packing=not args.no_packing,
         micro_batch=args.micro_batch, grad_accum=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps,
         lr=args.lr, warmup=args.warmup, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
         save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, resume=args.resume,

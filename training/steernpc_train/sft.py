@@ -582,6 +582,12 @@ def _load_checkpoint(folder: Path, model: Any, optim: Any, sched: Any, dist_: Di
     return json.loads((folder / "state.json").read_text())
 
 
+def _kind(cfg: SFTConfig) -> str:
+    if cfg.full:
+        return "full"
+    return f"LoRA from {cfg.init_adapter}" if cfg.init_adapter else f"LoRA r={cfg.lora}"
+
+
 def load_base(cfg: SFTConfig, device: str) -> tuple[Any, Any]:
     from steernpc import models
 
@@ -645,7 +651,7 @@ def _train(cfg: SFTConfig, dist_: Dist) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     log(f"{len(examples)} examples ({n_tokens} tokens, {n_trained} trained), format {cfg.format}, schema {schema.name}; "
         f"{total} steps of {rows_per_step} rows x {cfg.max_length} tokens; "
-        f"{sum(p.numel() for p in trainable):,} trainable parameters ({'full' if cfg.full else f'LoRA r={cfg.lora}'}); "
+        f"{sum(p.numel() for p in trainable):,} trainable parameters ({_kind(cfg)}); "
         f"world {dist_.world} on {dist_.device}")
 
     lr = cfg.lr or (2e-5 if cfg.full else 2e-4)
