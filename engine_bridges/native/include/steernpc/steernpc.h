@@ -195,8 +195,8 @@ NPC_API void npc_client_destroy(npc_client* client);
 /** Current channel state (npc_client_state_t). try_to_connect = 1 starts connecting if idle. */
 NPC_API int32_t npc_client_state(npc_client* client, int32_t try_to_connect);
 
-/** Block up to timeout_ms until the channel is READY. 0 on success, -14 (UNAVAILABLE) on
- *  timeout, -4 if interrupted by destroy. */
+/** Block up to timeout_ms until the channel is READY (connecting if needed). 0 on success,
+ *  -14 (UNAVAILABLE) on timeout. */
 NPC_API int32_t npc_client_wait_connected(npc_client* client, int32_t timeout_ms);
 
 /* ---------------------------------------------------------------------------------------- */

@@ -17,13 +17,13 @@ class STEERNPC_API USteerNPCSayAction : public UBlueprintAsyncActionBase
 	GENERATED_BODY()
 
 public:
-	UPROPERTY(BlueprintAssignable)
+	UPROPERTY(BlueprintAssignable, Category = "SteerNPC")
 	FSteerNPCSayActionPin OnDelta;
 
-	UPROPERTY(BlueprintAssignable)
+	UPROPERTY(BlueprintAssignable, Category = "SteerNPC")
 	FSteerNPCSayActionPin OnDone;
 
-	UPROPERTY(BlueprintAssignable)
+	UPROPERTY(BlueprintAssignable, Category = "SteerNPC")
 	FSteerNPCSayActionPin OnError;
 
 	/** Say Text to Npc and stream its reply. AttributeOverrides ("humor:4") apply to this reply only. */

@@ -3,6 +3,7 @@
 
 #include "CoreMinimal.h"
 #include "Engine/DeveloperSettings.h"
+#include "Engine/EngineTypes.h"
 #include "SteerNPCSettings.generated.h"
 
 UCLASS(Config = Game, DefaultConfig, meta = (DisplayName = "SteerNPC"))

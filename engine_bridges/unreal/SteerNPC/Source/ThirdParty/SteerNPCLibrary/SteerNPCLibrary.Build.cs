@@ -47,7 +47,7 @@ public class SteerNPCLibrary : ModuleRules
 		else if (Target.Platform == UnrealTargetPlatform.Mac)
 		{
 			string Dylib = Path.Combine(LibDir, "Mac", "libsteernpc.dylib");
-			PublicDelayLoadDLLs.Add(Dylib);
+			PublicAdditionalLibraries.Add(Dylib);
 			RuntimeDependencies.Add("$(BinaryOutputDir)/libsteernpc.dylib", Dylib);
 		}
 		else if (Target.Platform == UnrealTargetPlatform.Android)
