@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := redis-server cmake g++ libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev mono-mcs mono-runtime
+APT_PACKAGES := redis-server cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev mono-mcs mono-runtime
 
 .PHONY: demo test setup system-deps model bench clean
 
