@@ -335,6 +335,7 @@ def train_apm(cfg: APMConfig, data: Sequence[str | os.PathLike], out: str | os.P
 
     rng = random.Random(cfg.seed)
     step = 0
+    running = 0.0
     module.train()
     from tqdm import tqdm
 
@@ -362,6 +363,9 @@ def train_apm(cfg: APMConfig, data: Sequence[str | os.PathLike], out: str | os.P
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            running = loss.item() if step == 1 else 0.9 * running + 0.1 * loss.item()
+            if step % 50 == 0 or step == total:
+                log(f"apm step {step}/{total}  loss {running:.3f}  {time.time() - started:.0f} s")
     bar.close()
     train_seconds = time.time() - started
 

@@ -87,11 +87,14 @@ def load_prompts(cfg: BootstrapConfig, schema: AttributeSchema, fmt: str) -> lis
     personas = load_personas_dict(cfg.personas)
     default = GENERIC_CARD if fmt == "chat" else None
     items: list[PromptItem] = []
+    cast = [personas[k] for k in sorted(personas)]
     for path in cfg.prompts:
-        if str(path).endswith(".txt"):
+        if str(path).endswith(".txt"):  # player lines; with --personas each goes to the next persona in turn
             from steernpc_train.gen import read_prompt_lines
 
-            items.extend(PromptItem(default or "", [], line) for line in read_prompt_lines(path))
+            for n, line in enumerate(read_prompt_lines(path)):
+                system = persona_system(cast[n % len(cast)]) if cast else (default or "")
+                items.append(PromptItem(system, [], line))
             continue
         for conv in read_conversations(path, "auto", schema):
             if conv.character and conv.character in personas:

@@ -641,8 +641,13 @@ def convert(
     to_fmt: str,
     schema: AttributeSchema | None = None,
     skip_bad: bool = False,
+    limit: int = 0,
 ) -> ReadStats:
-    """Convert `src` (format `from_fmt`, or "auto") into `dst` (format `to_fmt`)."""
+    """Convert `src` (format `from_fmt`, or "auto") into `dst` (format `to_fmt`); `limit`
+    keeps the first N output records."""
+    import itertools
+
+    cap = (lambda it: itertools.islice(it, limit)) if limit else (lambda it: it)
     if to_fmt not in WRITE_FORMATS:
         raise ValueError(f"cannot write {to_fmt!r}; writable: {', '.join(WRITE_FORMATS)}")
     stats = ReadStats()
@@ -650,9 +655,9 @@ def convert(
     if to_fmt == "regression":
         schema = schema or AttributeSchema.builtin("nemo")
         examples = read_regression(src, schema, from_fmt, skip_bad, stats)
-        write_jsonl(dst, (to_regression(e) for e in examples))
+        write_jsonl(dst, cap(to_regression(e) for e in examples))
         return stats
     convs = read_conversations(src, from_fmt, schema or AttributeSchema.builtin("nemo"), skip_bad, stats)
     writer = {"nemo": to_nemo, "npc": to_npc, "helpsteer": to_helpsteer}[to_fmt]
-    write_jsonl(dst, (writer(c) for c in convs))
+    write_jsonl(dst, cap(writer(c) for c in convs))
     return stats

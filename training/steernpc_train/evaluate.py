@@ -179,7 +179,7 @@ def markdown(report: dict) -> str:
         main = e.get("apm") or e.get("words")
         means = ", ".join(f"{t}: {v['mean']:.2f}" for t, v in (main["per_target"].items() if main else []))
         if name == "verbosity" and e.get("words"):
-            means += " | words " + ", ".join(f"{t}: {v['mean']:.1f}" for t, v in e["words"]["per_target"].items())
+            means += "; words " + ", ".join(f"{t}: {v['mean']:.1f}" for t, v in e["words"]["per_target"].items())
         n = (main or {}).get("n", 0)
         lines.append(f"| {name} | {n} | {_rho_text(e.get('apm'))} | {_rho_text(e.get('words'))} | {means} | {e['hit_token_limit']:.0%} |")
     lines += ["", "Plots: `plots/<attribute>.png`. Every generation: `generations.jsonl`.", ""]
