@@ -55,9 +55,10 @@ def test_regression_from_conversations(train_data, tmp_path):
         f"<extra_id_0>System\n{NEMO_SYSTEM}\n<extra_id_1>User\nWhere can I buy a sword?\n"
         "<extra_id_1>Assistant\nTry the smithy by the north gate.\n<extra_id_2>"
     )
-    assert first["label"] == [4, 0, 0, 1, 4, 4, 4, 1, 1]
+    assert first["label"] == [4.0, 0.0, 0.0, 1.0, 4.0, 4.0, 4.0, 1.0, 1.0]
+    assert '"label": [4.0, 0.0, 0.0, 1.0,' in (tmp_path / "r.jsonl").read_text()  # floats, as NeMo writes them
     # a partial label string: the rest are -100
-    assert rows[3]["label"] == [-100, 0, 3, -100, -100, -100, -100, -100, -100]
+    assert rows[3]["label"] == [-100.0, 0.0, 3.0, -100.0, -100.0, -100.0, -100.0, -100.0, -100.0]
     # the regression text parses back into the conversation
     system, turns = D.parse_nemo_context(rows[2]["text"])
     assert system == "You are Brann, the town guard." and [t.reply for t in turns][-1] == "Rumours of a dragon, and the ale."
@@ -72,7 +73,9 @@ def test_regression_reads_back_as_conversations(train_data):
 def test_helpsteer_rows(train_data):
     convs = list(D.read_conversations(train_data / "helpsteer.jsonl", "helpsteer"))
     assert convs[0].turns[0].labels == {"helpfulness": 3, "correctness": 4, "coherence": 4, "complexity": 1, "verbosity": 1}
-    # HelpSteer2's multi-turn prompt is split into turns
+    # HelpSteer2's multi-turn prompt is split into turns (the NeMo text is unchanged)
+    assert D.nemo_context(None, convs[1].exchanges()).split("<extra_id_1>User\n", 1)[1].startswith(
+        "Hi there\n<extra_id_1>Assistant\nHello! How can I help?\n<extra_id_1>User\nRecommend a potion.\n")
     assert [(t.user, t.reply) for t in convs[1].turns] == [
         ("Hi there", "Hello! How can I help?"), ("Recommend a potion.", "A minor healing potion never hurts."),
     ]

@@ -283,11 +283,15 @@ def to_npc(conv: Conversation) -> dict:
 # -- helpsteer --------------------------------------------------------------------------------
 
 def _helpsteer_prompt(prompt: str) -> tuple[list[Turn], str]:
-    """HelpSteer2 packs earlier turns into the prompt: 'u1<extra_id_1>Assistant\\na1<extra_id_1>User\\nu2'."""
+    """HelpSteer2 packs earlier turns into the prompt, NeMo-template style:
+    'u1\n<extra_id_1>Assistant\na1\n<extra_id_1>User\nu2' (the newline before each marker is
+    optional here)."""
     parts = prompt.split(NEMO_TURN)
-    turns = [Turn(parts[0])]
-    for part in parts[1:]:
+    strip = lambda text: text[:-1] if text.endswith("\n") else text  # noqa: E731
+    turns = [Turn(strip(parts[0]) if len(parts) > 1 else parts[0])]
+    for n, part in enumerate(parts[1:], 2):
         role, _, text = part.partition("\n")
+        text = strip(text) if n < len(parts) else text
         if role == "Assistant":
             turns[-1].reply = text
         elif role == "User":
@@ -321,7 +325,7 @@ def to_helpsteer(conv: Conversation) -> dict:
     *history, last = conv.turns
     prompt = conv.turns[0].user
     for turn, nxt in zip(history, conv.turns[1:]):
-        prompt += f"{NEMO_TURN}Assistant\n{turn.reply}{NEMO_TURN}User\n{nxt.user}"
+        prompt += f"\n{NEMO_TURN}Assistant\n{turn.reply}\n{NEMO_TURN}User\n{nxt.user}"
     out: dict[str, Any] = {"prompt": prompt, "response": last.reply or ""}
     for name in HELPSTEER_ATTRIBUTES:
         if last.labels and name in last.labels:
@@ -463,7 +467,9 @@ def read_chitchat(spec: str | os.PathLike = "chitchat", stats: ReadStats | None 
 
 def nemo_context(system: str | None, exchanges: Sequence[Exchange]) -> str:
     """NeMo's APM input: the conversation in NeMo's template up to and including the last
-    reply, then "<extra_id_2>" (where the label line would start). No label lines inside."""
+    reply, then "<extra_id_2>" (where the label line would start). No label lines inside.
+    (NeMo's script always writes its default system prompt here; we write the record's
+    own system text, which is that default for NeMo's data.)"""
     text = f"{NEMO_BOS}System\n{system if system is not None else NEMO_SYSTEM}\n"
     for ex in exchanges:
         text += f"{NEMO_TURN}User\n{ex.user}\n"
@@ -530,12 +536,9 @@ def regression_to_conversation(ex: RegressionExample, schema: AttributeSchema) -
     return Conversation(turns, system=system, source=ex.source)
 
 
-def _float_text(v: float) -> float | int:
-    return int(v) if float(v).is_integer() else v
-
-
 def to_regression(ex: RegressionExample) -> dict:
-    return {"text": ex.text, "label": [_float_text(v) for v in ex.label]}
+    """As NeMo's process_to_regression_format.py writes it: every label a float (-100.0 = missing)."""
+    return {"text": ex.text, "label": [float(v) for v in ex.label]}
 
 
 # -- generic ----------------------------------------------------------------------------------
