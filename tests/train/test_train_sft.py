@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -158,6 +160,22 @@ def test_resume_equals_uninterrupted(tiny_model_dir, train_data, tmp_path, cli):
     assert "resumed from" in resumed.stderr and "at step 4" in resumed.stderr
     whole, again = _adapter(tmp_path / "whole"), _adapter(tmp_path / "resumed")
     assert whole.keys() == again.keys()
+    for name in whole:
+        assert torch.allclose(whole[name], again[name], atol=1e-6), name
+    # SIGTERM (as a scheduler or `kill` sends it): checkpoint after the current step, exit 143
+    args = _sft_args(tiny_model_dir, data, tmp_path / "signalled", *common)
+    proc = subprocess.Popen([sys.executable, "-m", "steernpc_train", *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            cwd=str(S.Path(__file__).resolve().parents[2]), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stderr:
+        if " examples (" in line:  # the run is about to start its first step
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 143, rest[-2000:]
+    assert "checkpoint saved" in rest
+    assert [p.name for p in S.checkpoints(tmp_path / "signalled")] == ["step-0000001"]
+    cli(*args)
+    again = _adapter(tmp_path / "signalled")
     for name in whole:
         assert torch.allclose(whole[name], again[name], atol=1e-6), name
     # training moved the weights (the comparison is not vacuous)

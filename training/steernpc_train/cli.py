@@ -59,7 +59,7 @@ def _sft_config(args: argparse.Namespace, **over):
         init_adapter=getattr(args, "init_adapter", None), max_length=args.max_length, packing=not args.no_packing,
         micro_batch=args.micro_batch, grad_accum=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps,
         lr=args.lr, warmup=args.warmup, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
-        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
+        save_every=args.save_every, save_minutes=args.save_minutes, keep_checkpoints=args.keep_checkpoints, resume=args.resume,
         log_every=args.log_every, seed=args.seed, halt_after_step=args.halt_after_step,
     )
     values.update(over)
@@ -149,6 +149,7 @@ def _add_sft_arguments(p: argparse.ArgumentParser, bootstrap: bool = False) -> N
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("checkpoints and logs")
     g.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (0 = only the final model)")
+    g.add_argument("--save-minutes", type=float, default=30.0, help="also checkpoint after this many minutes (0 = off); SIGTERM/Ctrl-C checkpoint too")
     g.add_argument("--keep-checkpoints", type=int, default=2)
     g.add_argument("--resume", default="auto", help="auto (latest checkpoint in --out), never, or a checkpoint folder")
     g.add_argument("--log-every", type=int, default=10)

@@ -398,6 +398,7 @@ class SFTConfig:
     precision: str = "auto"  # auto (bf16 autocast on GPU) | fp32 | bf16
     grad_checkpointing: bool = False
     save_every: int = 100
+    save_minutes: float = 30.0  # also checkpoint when this long has passed since the last one (0 = off)
     keep_checkpoints: int = 2
     resume: str = "auto"  # auto | never | a checkpoint folder
     log_every: int = 10
@@ -486,12 +487,49 @@ class Dist:
 
             dist.barrier()
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any rank."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([int(flag)], device=self.device if self.device.startswith("cuda") else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def close(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+class _StopOnSignal:
+    """SIGTERM / SIGINT ask the loop to checkpoint after the current step and exit."""
+
+    def __init__(self):
+        import signal
+
+        self.requested = False
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        log("signal received: finishing this step, then checkpointing (send again to abort)")
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 def _lr_lambda(total: int, warmup: int, min_ratio: float):
@@ -620,13 +658,15 @@ def train_sft(cfg: SFTConfig) -> dict:
     if not cfg.data:
         raise ValueError("--data is required")
     dist_ = Dist()
+    stopper = _StopOnSignal()
     try:
-        return _train(cfg, dist_)
+        return _train(cfg, dist_, stopper)
     finally:
+        stopper.restore()
         dist_.close()
 
 
-def _train(cfg: SFTConfig, dist_: Dist) -> dict:
+def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
     import torch
 
     out = Path(cfg.out)
@@ -694,6 +734,7 @@ def _train(cfg: SFTConfig, dist_: Dist) -> dict:
     if dist_.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     window_tokens, window_time, window_loss, window_n = 0, time.time(), 0.0, 0
+    last_save = time.time()
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=step, desc="sft", unit="step", disable=True if dist_.rank else None)
@@ -746,8 +787,17 @@ def _train(cfg: SFTConfig, dist_: Dist) -> dict:
                 with open(log_path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(record) + "\n")
             window_tokens, window_time, window_loss, window_n = 0, time.time(), 0.0, 0
-        if cfg.save_every and step % cfg.save_every == 0 and step < total:
+        due = bool(cfg.save_every) and step % cfg.save_every == 0
+        timed = bool(cfg.save_minutes) and time.time() - last_save >= cfg.save_minutes * 60
+        stop = stopper.requested
+        if dist_.world > 1:  # every rank must agree to checkpoint (and to stop)
+            timed, stop = dist_.any(timed), dist_.any(stop)
+        if (due or timed or stop) and step < total:
             _save_checkpoint(out, step, model, optim, sched, {**state_base, "tokens_seen": tokens_seen, "loss": last_loss}, dist_, cfg.keep_checkpoints)
+            last_save = time.time()
+        if stop and step < total:
+            log(f"stopped by signal after step {step}; checkpoint saved, run the same command to resume")
+            raise SystemExit(143)
         if cfg.halt_after_step and step == cfg.halt_after_step:
             sys.stderr.flush()
             os._exit(3)
