@@ -510,6 +510,7 @@ class OnnxBackend(Backend):
             cached_tokens=job.cached,
             ttft_ms=(first - job.submitted) * 1000.0,
             total_ms=(now - job.submitted) * 1000.0,
+            token_ids=list(job.generated),
         )
 
 

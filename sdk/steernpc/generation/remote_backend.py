@@ -88,7 +88,7 @@ class TextStops:
         return delta
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     request: GenerationRequest
     stream: Stream

@@ -1,0 +1,79 @@
+"""Fixtures for the backend tests: an ONNX export of the tiny model, a real llama.cpp
+OpenAI-compatible server (llama-cpp-python) on the bundled SmolLM2 GGUF, and the
+TensorRT-LLM API stand-in (tests/backends/fake_trtllm) put on the import path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from backend_helpers import have, onnx_export_available
+
+
+@pytest.fixture(scope="session")
+def onnx_tiny_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny random Llama exported to ONNX in fp32 (so greedy output equals torch's)."""
+    if not onnx_export_available():
+        pytest.skip("ONNX export needs: pip install onnx onnxruntime onnxruntime-genai onnx-ir")
+    from steernpc.compile import export_onnx
+
+    return export_onnx(tiny_model_dir, tmp_path_factory.mktemp("onnx") / "tiny-fp32", precision="fp32")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """`python -m llama_cpp.server` on loopback serving SmolLM2-135M-Instruct Q4_1; its URL.
+
+    --interrupt_requests False: by default that server ends a running stream when a new
+    request arrives; a real deployment (and the batch test) queues them instead."""
+    if not have("llama_cpp"):
+        pytest.skip("needs llama-cpp-python[server] (pip install 'llama-cpp-python[server]')")
+    from steernpc import models
+
+    try:
+        gguf = models.bundled_gguf()
+    except models.ModelNotFound as exc:
+        pytest.skip(str(exc))
+    port = _free_port()
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log", "w")
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+           "--n_ctx", "2048", "--interrupt_requests", "False", "--verbose", "False"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
+                    if json.loads(resp.read()).get("data"):
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"llama_cpp.server did not come up in 120 s; see {log.name}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
