@@ -50,7 +50,7 @@ def find_onnx_dir(spec: str | os.PathLike | None) -> Path | None:
     return None
 
 
-def ensure_onnx(model: Any = None, adapter: str | None = None, precision: str = "int4", quiet: bool = False) -> Path:
+def ensure_onnx(model: Any = None, adapter: str | None = None, precision: str = "int8", quiet: bool = False) -> Path:
     """The ONNX folder for `model` (+ `adapter`): the folder itself when it is an export,
     else an export cached under STEERNPC_HOME/onnx/ (made once, ~15 s for SmolLM2)."""
     from steernpc import compile as card_mod
@@ -123,7 +123,7 @@ class OnnxBackend(Backend):
     model: an ONNX export folder (`steernpc compile --target onnx`), a compile output root,
         or an HF model spec (exported once into STEERNPC_HOME/onnx/ at `precision`).
     adapter: a PEFT LoRA, merged before the export (HF model specs only).
-    precision: fp32 | int8 | int4 (default int4) for on-the-fly exports; `dtype` float32 is
+    precision: fp32 | int8 | int4 (default int8) for on-the-fly exports; `dtype` float32 is
         accepted as fp32.
     threads: ONNX Runtime intra-op threads (default: ORT's choice, one per core).
     """
@@ -153,7 +153,7 @@ class OnnxBackend(Backend):
             ) from None
         if device not in (None, "cpu", "auto"):
             raise ValueError(f"the onnx backend runs on CPU; device={device!r} is not supported (use the torch or trtllm backend on GPUs)")
-        precision = _PRECISION_ALIASES.get(precision or dtype or "int4")
+        precision = _PRECISION_ALIASES.get(precision or dtype or "int8")
         if precision is None:
             raise ValueError(f"onnx precision/dtype {precision or dtype!r}: choose fp32 (float32), int8 or int4")
         from steernpc.compile import ONNX_FILE, read_model_card

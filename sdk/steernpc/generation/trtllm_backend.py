@@ -107,10 +107,10 @@ def load_api() -> _Api:
     return _Api()
 
 
-def resolve_bundle(model: Any) -> tuple[Path, dict]:
-    """(checkpoint folder, LLM options) for a model spec: a `steernpc compile` trtllm bundle
-    (its model/ and llm_api_options.yaml), a compile output root with trtllm/, or an HF
-    folder / prepared name (no options)."""
+def resolve_bundle(model: Any) -> tuple[Path, dict, dict[str, str]]:
+    """(checkpoint folder, LLM options, {adapter name: folder}) for a model spec: a
+    `steernpc compile` trtllm bundle (its model/ or engine/, llm_api_options.yaml and
+    adapters/), a compile output root with trtllm/, or an HF folder / prepared name."""
     from steernpc import models
 
     if model is not None and not isinstance(model, (str, os.PathLike)):
@@ -121,12 +121,20 @@ def resolve_bundle(model: Any) -> tuple[Path, dict]:
             import yaml
 
             options = yaml.safe_load((bundle / "llm_api_options.yaml").read_text()) or {}
-            checkpoint = bundle / options.pop("model", "model") if not (bundle / "engine").is_dir() else bundle / "engine"
-            return checkpoint, options
+            options.pop("model", None)
+            checkpoint = bundle / "engine" if (bundle / "engine").is_dir() else bundle / "model"
+            lora = options.get("lora_config")
+            if lora and lora.get("lora_dir"):  # paths in the file are relative to the bundle
+                lora["lora_dir"] = [str((bundle / d).resolve()) for d in lora["lora_dir"]]
+            card = {}
+            if (bundle / "steernpc.json").is_file():
+                card = json.loads((bundle / "steernpc.json").read_text())
+            adapters = {name: str((bundle / rel).resolve()) for name, rel in ((card.get("trtllm") or {}).get("adapters") or {}).items()}
+            return checkpoint, options, adapters
     resolved = models.resolve(model)
     if resolved.suffix == ".gguf":
         raise ValueError(f"{resolved}: TensorRT-LLM loads HF checkpoints, not GGUF; run `steernpc compile --target trtllm`")
-    return resolved, {}
+    return resolved, {}, {}
 
 
 def adapter_rank_and_targets(folder: str | os.PathLike) -> tuple[int, list[str]]:
@@ -202,14 +210,17 @@ class TrtllmBackend(Backend):
         api = load_api()
         if device not in (None, "auto") and not str(device).startswith("cuda"):
             raise ValueError(f"the trtllm backend runs on NVIDIA GPUs; device={device!r} is not supported")
-        checkpoint, options = resolve_bundle(model)
+        checkpoint, options, bundled = resolve_bundle(model)
         from steernpc.compile import read_model_card
 
         self.card = read_model_card(checkpoint) or read_model_card(checkpoint.parent)
-        self.adapters = dict(adapters or {})
+        self.adapters = {**bundled, **(adapters or {})}
+        self.default_adapter = None
         if adapter:
-            self.adapters.setdefault("default", str(adapter))
-        self.default_adapter = "default" if adapter else None
+            self.adapters["default"] = str(adapter)
+            self.default_adapter = "default"
+        elif len(bundled) == 1 and not adapters:  # compiled with --keep-adapter: use it by default
+            self.default_adapter = next(iter(bundled))
         options = dict(options)
         kv = dict(options.pop("kv_cache_config", None) or {})
         kv.setdefault("enable_block_reuse", True)
