@@ -251,6 +251,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-personas", type=int, default=0)
     p.set_defaults(func=cmd_eval_steerability)
 
+    try:  # `steernpc compile` lives in steernpc_train/compile.py
+        from steernpc_train.compile import register_compile
+    except ImportError:
+        register_compile = None
+    if register_compile is not None:
+        register_compile(sub)
+
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m steernpc_train.cli ...` == `steernpc ...` (used under torchrun)."""
