@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 CARD_FILE = "steernpc.json"
 CARD_VERSION = 1
 TARGETS = ("hf", "onnx", "trtllm")
-ONNX_PRECISIONS = ("fp32", "int8", "int4")
+ONNX_PRECISIONS = ("q4_1", "int8", "int4", "fp32")
 ONNX_FILE = "model.onnx"
 
 
@@ -157,16 +158,18 @@ def onnx_available() -> tuple[bool, str]:
 def export_onnx(
     hf_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    precision: str = "int4",
+    precision: str = "q4_1",
     cache_dir: str | os.PathLike | None = None,
     quiet: bool = True,
 ) -> Path:
     """Export an HF causal LM folder to ONNX with a KV cache, for ONNX Runtime on CPU.
 
     Uses onnxruntime-genai's model builder (offline; it reads the local folder): fused
-    GroupQueryAttention with rotary embeddings, SkipSimplifiedLayerNormalization, and for
-    int4/int8 MatMulNBits weights (block 32, int8 activations: accuracy_level 4). The LM
+    GroupQueryAttention with rotary embeddings and SkipSimplifiedLayerNormalization; the LM
     head only computes the last position (prune_lm_head), which is all a prefill needs.
+    Precisions: `fp32` (exact), `int8` and `int4` (the builder's MatMulNBits round-to-nearest,
+    block 32, int8 activations), `q4_1` (llama.cpp's Q4_1 blocks + a Q8_0 LM head, see
+    requantize_q4_1: int4 speed at llama.cpp's quality).
     Writes `model.onnx` (+ `model.onnx.data`), tokenizer files and genai_config.json.
     """
     if precision not in ONNX_PRECISIONS:
@@ -175,6 +178,10 @@ def export_onnx(
     if not ok:
         raise RuntimeError(why)
     hf_dir, out_dir = Path(hf_dir).resolve(), Path(out_dir).resolve()
+    if precision == "q4_1":
+        with tempfile.TemporaryDirectory(prefix="steernpc-onnx-", dir=out_dir.parent if out_dir.parent.exists() else None) as tmp:
+            fp32 = export_onnx(hf_dir, Path(tmp) / "fp32", "fp32", cache_dir, quiet)
+            return requantize_q4_1(fp32, out_dir)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -194,7 +201,7 @@ def export_onnx(
     if own_cache:
         shutil.rmtree(cache, ignore_errors=True)
     # The builder copies tokenizer.json/tokenizer_config.json; take the rest (chat
-    # template, special tokens, generation config) from the HF folder too.
+    # template, special tokens, generation config, model card) from the HF folder too.
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                  "generation_config.json", CARD_FILE):  # fmt: skip
         if (hf_dir / name).exists():
@@ -204,6 +211,100 @@ def export_onnx(
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return out_dir
+
+
+def requantize_q4_1(src: str | os.PathLike, dst: str | os.PathLike, block: int = 32) -> Path:
+    """Rewrite an fp32 export's MatMuls as llama.cpp-style Q4_1 (per block of 32: w ~ d*q + m,
+    q in 0..15) and the LM head as Q8_0-style int8, on ONNX Runtime's MatMulNBits.
+
+    MatMulNBits has integer zero points only, so the block minimum `m` is carried exactly
+    by a correction term: A @ W = MatMulNBits(A, q - 8, d) + BlockSum(A) @ (m + 8d), where
+    BlockSum sums A over each block of 32 inputs (a small fp32 MatMul). Weights that already
+    sit on a Q4_1 / Q8_0 grid (the bundled SmolLM2 GGUF) are reproduced exactly; others get
+    the same error llama.cpp's Q4_1 quantizer gives them.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src / ONNX_FILE))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    logits = {o.name for o in graph.output if o.name == "logits"}
+    new_nodes, new_inits, drop = [], [], set()
+    block_sums: dict[str, str] = {}
+
+    def const(name: str, array) -> str:
+        new_inits.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight not in inits:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[weight]).astype(np.float32)
+        k, n = w.shape
+        if k % block:
+            new_nodes.append(node)
+            continue
+        nb = k // block
+        wb = w.T.reshape(n, nb, block)
+        base = node.name.strip("/").replace("/", "_") or weight
+        if node.output[0] in logits:  # LM head: Q8_0-style symmetric int8
+            scale = np.abs(wb).max(axis=2) / 127.0
+            scale[scale == 0] = 1.0
+            q = (np.clip(np.round(wb / scale[..., None]), -127, 127) + 128).astype(np.uint8)
+            new_nodes.append(helper.make_node(
+                "MatMulNBits", [node.input[0], const(f"{base}.q8", q), const(f"{base}.scales", scale.reshape(-1).astype(np.float32))],
+                [node.output[0]], name=node.name + "_q8", domain="com.microsoft", K=k, N=n, bits=8, block_size=block,
+                accuracy_level=4))  # fmt: skip
+        else:  # Q4_1: d = (max - min) / 15, m = min, q = round((w - m) / d)
+            lo, hi = wb.min(axis=2), wb.max(axis=2)
+            d = (hi - lo) / 15.0
+            d[d == 0] = 1e-12
+            q = np.clip(np.floor((wb - lo[..., None]) / d[..., None] + 0.5), 0, 15).astype(np.uint8)
+            packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+            y = node.output[0] + "_q4"
+            new_nodes.append(helper.make_node(
+                "MatMulNBits", [node.input[0], const(f"{base}.q4", packed), const(f"{base}.scales", d.reshape(-1).astype(np.float32))],
+                [y], name=node.name + "_q4", domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=4))  # fmt: skip
+            a = node.input[0]
+            if a not in block_sums:  # BlockSum(A) = A @ P, P the 0/1 [K, nb] block indicator
+                sums = a + f"_blocksum{nb}"
+                indicator = np.repeat(np.eye(nb, dtype=np.float32), block, axis=0)
+                new_nodes.append(helper.make_node("MatMul", [a, const(f"{base}.blocks", indicator)], [sums], name=node.name + "_blocksum"))
+                block_sums[a] = sums
+            corr = node.output[0] + "_q4min"
+            offset = (lo + 8.0 * d).T.astype(np.float32)  # [nb, n]
+            new_nodes.append(helper.make_node("MatMul", [block_sums[a], const(f"{base}.min", offset)], [corr], name=node.name + "_min"))
+            new_nodes.append(helper.make_node("Add", [y, corr], [node.output[0]], name=node.name + "_q4add"))
+        uses[weight] -= 1
+        if uses[weight] == 0:
+            drop.add(weight)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    kept = [i for i in graph.initializer if i.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    onnx.save_model(model, str(tmp / ONNX_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=ONNX_FILE + ".data", size_threshold=1024)  # fmt: skip
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith(ONNX_FILE):
+            shutil.copy2(f, tmp / f.name)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
 
 
 def builder_version() -> str:

@@ -178,3 +178,45 @@ def test_smollm2_greedy_matches_transformers(smollm2_dir, tmp_path_factory):
             assert result.token_ids == expected
     finally:
         backend.close()
+
+
+def test_q4_1_export_reproduces_q4_1_grid_weights(tiny_model_dir, tmp_path):
+    """Weights already on a Q4_1 grid (as the bundled SmolLM2 GGUF's are) survive the q4_1
+    export: its logits match the fp32 export's up to int8 activation rounding."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from steernpc.compile import export_onnx
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 2 and "embed" not in name and param.shape[1] % 32 == 0:
+                blocks = param.view(param.shape[0], -1, 32)
+                lo, hi = blocks.min(-1, keepdim=True).values, blocks.max(-1, keepdim=True).values
+                d = (hi - lo) / 15
+                param.copy_((torch.round((blocks - lo) / d) * d + lo).view_as(param))
+    snapped = tmp_path / "snapped"
+    model.save_pretrained(snapped)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(snapped)
+    fp32 = export_onnx(snapped, tmp_path / "fp32", precision="fp32")
+    q41 = export_onnx(snapped, tmp_path / "q4_1", precision="q4_1")
+    ops = _op_types(q41)
+    assert "MatMulNBits" in ops and "GroupQueryAttention" in ops
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def last_logits(folder, prompt):
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        ids = np.array([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        for i in range(model.config.num_hidden_layers):
+            for kv in ("key", "value"):
+                feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, model.config.num_key_value_heads, 0, 16), np.float32)
+        return session.run(["logits"], feeds)[0][0, -1]
+
+    for prompt in (chat("Hello"), chat("Can you fix my sword?"), "Once upon a time"):
+        exact, quant = last_logits(fp32, prompt), last_logits(q41, prompt)
+        assert np.linalg.norm(quant - exact) / np.linalg.norm(exact) < 0.02
+        assert int(np.argmax(quant)) == int(np.argmax(exact))

@@ -8,7 +8,7 @@ Writes one folder per target under --out:
   attribute schema, prompt format and stop strings), so the folder alone is servable
   (`steernpc serve --model OUT/hf`).
 - `onnx/`: an ONNX export with a KV cache for ONNX Runtime on CPU (`--backend onnx`),
-  int8 weights by default (`--onnx-precision fp32|int8|int4`).
+  Q4_1 weights by default (`--onnx-precision q4_1|int8|int4|fp32`).
 - `trtllm/`: a bundle for an NVIDIA GPU server: `model/` (the merged checkpoint in bf16;
   TensorRT-LLM >= 1.0 loads HF checkpoints directly), `llm_api_options.yaml` (block reuse,
   batch/token limits, free_gpu_memory_fraction, lora_config with --keep-adapter),
@@ -58,7 +58,7 @@ class CompileConfig:
     stop: list[str] = field(default_factory=list)  # extra stop strings
     name: str | None = None
     dtype: str | None = None  # hf target dtype (default: as loaded, fp32 on CPU)
-    onnx_precision: str = "int8"
+    onnx_precision: str = "q4_1"
     trtllm_dtype: str = "bfloat16"
     keep_adapter: bool = False  # trtllm: serve the LoRA unmerged (lora_config) instead of merging it
     max_batch_size: int = DEFAULT_TRTLLM["max_batch_size"]
@@ -472,8 +472,8 @@ def register_compile(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.add_argument("--name", default=None, help="model name recorded in steernpc.json")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="hf target dtype (default float32 on CPU)")
     g = p.add_argument_group("onnx")
-    g.add_argument("--onnx-precision", choices=ONNX_PRECISIONS, default="int8",
-                   help="weights: int8 (default; near-lossless), int4 (fastest, lossier), fp32 (exact)")  # fmt: skip
+    g.add_argument("--onnx-precision", choices=ONNX_PRECISIONS, default="q4_1",
+                   help="weights: q4_1 (default: llama.cpp Q4_1 quality, int4 speed), int8, int4 (fastest, lossier), fp32 (exact)")  # fmt: skip
     g = p.add_argument_group("trtllm")
     g.add_argument("--trtllm-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     g.add_argument("--keep-adapter", action="store_true", help="serve the LoRA unmerged (lora_config) instead of merging it")

@@ -33,7 +33,7 @@ from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finishe
 from steernpc.generation.detokenize import TextAssembler
 from steernpc.generation.stream import Stream
 
-_PRECISION_ALIASES = {"float32": "fp32", "fp32": "fp32", "int8": "int8", "int4": "int4"}
+_PRECISION_ALIASES = {"float32": "fp32", "fp32": "fp32", "int8": "int8", "int4": "int4", "q4_1": "q4_1"}
 
 
 def find_onnx_dir(spec: str | os.PathLike | None) -> Path | None:
@@ -50,7 +50,7 @@ def find_onnx_dir(spec: str | os.PathLike | None) -> Path | None:
     return None
 
 
-def ensure_onnx(model: Any = None, adapter: str | None = None, precision: str = "int8", quiet: bool = False) -> Path:
+def ensure_onnx(model: Any = None, adapter: str | None = None, precision: str = "q4_1", quiet: bool = False) -> Path:
     """The ONNX folder for `model` (+ `adapter`): the folder itself when it is an export,
     else an export cached under STEERNPC_HOME/onnx/ (made once, ~15 s for SmolLM2)."""
     from steernpc import compile as card_mod
@@ -123,9 +123,11 @@ class OnnxBackend(Backend):
     model: an ONNX export folder (`steernpc compile --target onnx`), a compile output root,
         or an HF model spec (exported once into STEERNPC_HOME/onnx/ at `precision`).
     adapter: a PEFT LoRA, merged before the export (HF model specs only).
-    precision: fp32 | int8 | int4 (default int8) for on-the-fly exports; `dtype` float32 is
-        accepted as fp32.
+    precision: q4_1 | int8 | int4 | fp32 (default q4_1: llama.cpp's Q4_1 quality at int4
+        speed) for on-the-fly exports; `dtype` float32 is accepted as fp32.
     threads: ONNX Runtime intra-op threads (default: ORT's choice, one per core).
+    spin: let ORT's worker threads spin between steps (faster on an otherwise idle
+        machine, much slower when other processes share the cores; default off).
     """
 
     name = "onnx"
@@ -143,6 +145,7 @@ class OnnxBackend(Backend):
         max_queue: int = 64,
         prefill_chunk: int = 256,
         threads: int | None = None,
+        spin: bool = False,
         tokenizer: Any = None,
     ):
         try:
@@ -153,9 +156,9 @@ class OnnxBackend(Backend):
             ) from None
         if device not in (None, "cpu", "auto"):
             raise ValueError(f"the onnx backend runs on CPU; device={device!r} is not supported (use the torch or trtllm backend on GPUs)")
-        precision = _PRECISION_ALIASES.get(precision or dtype or "int8")
+        precision = _PRECISION_ALIASES.get(precision or dtype or "q4_1")
         if precision is None:
-            raise ValueError(f"onnx precision/dtype {precision or dtype!r}: choose fp32 (float32), int8 or int4")
+            raise ValueError(f"onnx precision/dtype {precision or dtype!r}: choose q4_1, int8, int4 or fp32 (float32)")
         from steernpc.compile import ONNX_FILE, read_model_card
 
         self.folder = ensure_onnx(model, adapter=adapter, precision=precision)
@@ -181,6 +184,7 @@ class OnnxBackend(Backend):
         if threads:
             so.intra_op_num_threads = int(threads)
         so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(str(self.folder / ONNX_FILE), so, providers=["CPUExecutionProvider"])
         self._check_graph()
         self._io = self.session.io_binding()
