@@ -198,8 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_sft_arguments(p)
     p.set_defaults(func=cmd_train_sft)
 
-    p = train.add_parser("bootstrap", help="step 4: sample k replies per prompt, annotate with the APM, train round 2")
-    p.add_argument("--model", required=True, help="the round-1 base (with --adapter) or full model")
+    p = train.add_parser("bootstrap", help="step 4: sample k replies per prompt, annotate with the APM, train round 2 (OUT/round2)")
+    p.add_argument("--model", "--base", dest="model", required=True, help="the round-1 base (with --adapter) or full model")
     p.add_argument("--adapter", default=None, help="the round-1 LoRA adapter (round 2 continues training it)")
     p.add_argument("--apm", required=True)
     p.add_argument("--prompts", nargs="+", required=True, help="prompt records (any format; replies are ignored) or a .txt of lines")
@@ -234,7 +234,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="evaluation reports").add_subparsers(dest="eval_command", metavar="REPORT")
     ev.required = True
     p = ev.add_parser("steerability", help="sweep each attribute, generate, measure with the APM; report Spearman per attribute")
-    p.add_argument("--model", required=True, help="base model (HF folder, .gguf, 'smollm2') or a full fine-tuned folder")
+    p.add_argument("--model", "--base", dest="model", required=True, help="base model (HF folder, .gguf, 'smollm2') or a full fine-tuned folder")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder")
     p.add_argument("--apm", required=True)
     p.add_argument("--personas", required=True, nargs="+", help="persona files or folders")
