@@ -280,9 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         f"- torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, llama-cpp-python {llama_version}",
         f"- SmolLM2-135M-Instruct; prompts {min(prompt_tokens)}-{max(prompt_tokens)} tokens; {args.tokens} greedy tokens "
         f"per request (EOS ignored); medians of {args.runs} interleaved runs after a warm-up; {args.threads} thread(s) per engine",
-        "- perplexity: teacher-forced, 6 short English passages (~255 tokens); lower is better; fp32 is the reference "
-        "(its weights are the Q4_1 GGUF de-quantized, so llama.cpp's Q4_1 is lossless against it)",
     ]
+    if quality:
+        info.append("- perplexity: teacher-forced, 6 short English passages (~255 tokens); lower is better; fp32 is the "
+                    "reference (its weights are the Q4_1 GGUF de-quantized, so llama.cpp's Q4_1 is lossless against it)")
     text = "\n".join(table) + "\n\n" + "\n".join(info) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
