@@ -72,7 +72,10 @@ def ensure_onnx(model: Any = None, adapter: str | None = None, precision: str = 
     if (out / card_mod.ONNX_FILE).exists():
         return out
     if not quiet:
-        print(f"[steernpc] exporting {path.name}{' + adapter' if adapter else ''} to ONNX ({precision}) once: {out}", flush=True)
+        import sys
+
+        print(f"[steernpc] exporting {path.name}{' + adapter' if adapter else ''} to ONNX ({precision}) once: {out}",
+              file=sys.stderr, flush=True)  # fmt: skip
     source = path
     tmp = None
     if adapter:
