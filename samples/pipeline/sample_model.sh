@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Reproduce the shipped sample SteerNPC model (samples/models/steernpc-npc-lora) with the
+# project's own toolkit, on CPU. Steps resume where they stopped if interrupted.
+#
+#   samples/pipeline/sample_model.sh [WORK_DIR]      (default runs/sample)
+#
+# corpus (base-model replies to this project's player lines, for every sample persona,
+# sampled under random style instructions) -> 1. APM -> 2. annotate -> 3. LoRA SFT in the
+# chat format -> 4. bootstrap round -> steerability report on held-out player lines.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+W=${1:-runs/sample}
+EXAMPLES=${SFT_EXAMPLES:-1600}
+mkdir -p "$W"
+
+echo "== corpus: SmolLM2 replies to samples/data/player_lines.txt for every persona"
+python samples/pipeline/npc_corpus.py --out "$W/npc_corpus.jsonl" --per-line 2 --max-new-tokens 72
+python samples/pipeline/augment_lengths.py "$W/npc_corpus.jsonl" "$W/npc_corpus_aug.jsonl"
+
+echo "== step 1a: APM on chitchat's human labels (reported; reply-level signal only for verbosity)"
+[ -f "$W/apm_chitchat/apm.json" ] || steernpc train apm --schema npc --data chitchat --input reply \
+  --epochs 3 --max-examples 12000 --max-length 64 --freeze-backbone --out "$W/apm_chitchat"
+
+echo "== step 1b: APM on the corpus' style labels (the one used to annotate and to judge)"
+python samples/pipeline/style_labels.py "$W/npc_corpus_aug.jsonl" "$W/style_labelled.jsonl"
+[ -f "$W/apm_style/apm.json" ] || steernpc train apm --schema npc --data "$W/style_labelled.jsonl" --input reply \
+  --epochs 20 --max-length 96 --freeze-backbone --out "$W/apm_style"
+
+echo "== step 2: annotate the corpus with the APM"
+steernpc annotate "$W/npc_corpus_aug.jsonl" "$W/npc_annotated.jsonl" --apm "$W/apm_style" --to npc
+
+echo "== step 3: attribute-conditioned LoRA SFT (chat format)"
+steernpc train sft --base smollm2 --data "$W/npc_annotated.jsonl" --format chat --schema npc --lora 16 \
+  --max-examples "$EXAMPLES" --epochs 1 --precision bf16 --lr 3e-4 --save-minutes 5 --out "$W/sft"
+
+echo "== step 4: bootstrap round (sample under drawn targets, annotate, train round 2)"
+steernpc train bootstrap --base smollm2 --adapter "$W/sft" --apm "$W/apm_style" --personas samples/personas \
+  --prompts samples/data/player_lines.txt --out "$W/bootstrap"
+
+echo "== steerability report on held-out player lines, and the untuned base as the baseline row"
+steernpc eval steerability --model smollm2 --adapter "$W/bootstrap/round2" --apm "$W/apm_style" \
+  --personas samples/personas --prompts samples/data/player_lines_heldout.txt --out "$W/report"
+steernpc eval steerability --model smollm2 --apm "$W/apm_style" \
+  --personas samples/personas --prompts samples/data/player_lines_heldout.txt --out "$W/report_base"
