@@ -1,7 +1,8 @@
 """Defaults the runtime picks when the user gives none: which adapter, which prompt format.
 
-A served model folder (or adapter folder) may carry a `steernpc.json` written by
-`steernpc compile` or `steernpc train sft`: {"format": "chat"|"nemo", "schema": ..., ...}.
+A served model folder may carry a `steernpc.json` written by `steernpc compile`, an
+adapter folder a `steernpc_train.json` written by `steernpc train sft`; both name the
+prompt format ("chat" | "nemo") the model was trained with.
 """
 
 from __future__ import annotations
@@ -31,33 +32,30 @@ def default_adapter(model: str | None) -> str | None:
 
 
 def read_card(folder: str | os.PathLike | None) -> dict:
+    """What a model or adapter folder says about itself: `steernpc.json` (written by
+    `steernpc compile`, validated) or `steernpc_train.json` (written by `steernpc train sft`)."""
+    from steernpc.compile import read_model_card
+
     if not folder:
         return {}
     path = Path(folder)
     path = path if path.is_dir() else path.parent
-    card = path / "steernpc.json"
+    card = read_model_card(path)
+    if card:
+        return card
+    meta = path / "steernpc_train.json"
     try:
-        return json.loads(card.read_text()) if card.exists() else {}
+        return json.loads(meta.read_text()) if meta.exists() else {}
     except (OSError, json.JSONDecodeError):
         return {}
 
 
 def model_format(model: str | None, adapter: str | None = None) -> str:
-    """The prompt format a model was trained with: the adapter's card, the model's card,
-    else `chat` (base chat models)."""
-    from steernpc import models
-
-    for folder in (adapter, None if model is None else _resolved(model)):
+    """The prompt format a model was trained with: the adapter's card, the model's card
+    (an HF, ONNX or compiled folder), else `chat` (base chat models)."""
+    local_model = model if model and Path(model).exists() else None
+    for folder in (adapter, local_model):
         fmt = read_card(folder).get("format")
         if fmt in ("chat", "nemo"):
             return fmt
     return "chat"
-
-
-def _resolved(model: str) -> str | None:
-    from steernpc import models
-
-    try:
-        return str(models.resolve(model)) if Path(model).exists() else None
-    except FileNotFoundError:
-        return None

@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from steernpc.generation import BackendUnavailable, GenerationRequest, SamplingParams
-from steernpc.generation.remote_backend import RemoteBackend, TextStops
+from steernpc.generation.detokenize import TextStops
+from steernpc.generation.remote_backend import RemoteBackend
 
 # CompletionRequest fields trtllm-serve accepts (it forbids others: extra="forbid"), from
 # tensorrt_llm/serve/openai_protocol.py (class CompletionRequest).

@@ -37,55 +37,13 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull
+from steernpc.generation.detokenize import TextStops
 from steernpc.generation.stream import Stream
 
 log = logging.getLogger("steernpc.remote")
 
 DIALECTS = ("auto", "openai", "vllm", "trtllm", "llamacpp")
 _OWNERS = {"tensorrt_llm": "trtllm", "vllm": "vllm", "llamacpp": "llamacpp", "llama.cpp": "llamacpp", "me": "llamacpp"}
-
-
-class TextStops:
-    """Text-level stop strings for streamed text: cut at the first stop string, hold back
-    what could be the start of one, and drop leading/trailing whitespace of the reply.
-    The deltas returned by feed() and finish() concatenate to `text`."""
-
-    def __init__(self, stop: Sequence[str] = ()):
-        self.stop = [s for s in stop if s]
-        self.raw = ""
-        self.text = ""  # emitted so far
-        self.stopped = False
-
-    def _visible(self) -> str:
-        text = self.raw.lstrip()
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            return text[:cut].rstrip()
-        hold = 0
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(text)), 0, -1):
-                if text.endswith(s[:n]):
-                    hold = max(hold, n)
-                    break
-        return text[: len(text) - hold].rstrip()
-
-    def feed(self, piece: str) -> str:
-        if self.stopped or not piece:
-            return ""
-        self.raw += piece
-        visible = self._visible()
-        delta = visible[len(self.text):] if visible.startswith(self.text) else ""
-        self.text += delta
-        return delta
-
-    def finish(self) -> str:
-        if self.stopped:
-            return ""
-        text = self.raw.strip()
-        delta = text[len(self.text):] if text.startswith(self.text) else ""
-        self.text += delta
-        return delta
 
 
 @dataclass(eq=False)
