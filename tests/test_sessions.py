@@ -6,18 +6,14 @@ module (the test run fails, it does not skip, when redis-server is missing).
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -300,72 +296,16 @@ def test_snapshot_fuzz_only_ever_raises_snapshot_error():
     assert failed > 2000 and ok > 0  # some flips land inside strings and stay valid
 
 
-# -- Redis server fixture --------------------------------------------------------------------
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
-    if not found:
-        pytest.fail(
-            "redis-server is not installed: the Redis session store is tested against a real "
-            "server (apt-get install redis-server)",
-            pytrace=False,
-        )
-    return found
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    import redis
-
-    binary = _redis_server_binary()
-    workdir = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    log = open(workdir / "redis.log", "w+")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 15
-    try:
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"redis-server on port {port} did not answer PING:\n{log.read()[-2000:]}", pytrace=False)
-            time.sleep(0.05)
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture
-def redis_url(redis_server):
+def redis_url(redis_url):
     import redis
 
-    client = redis.Redis.from_url(redis_server)
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
     client.close()
-    return redis_server
+    return redis_url
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -620,8 +560,8 @@ def test_redis_ttl_expires_idle_sessions(redis_url):
         RedisStore(redis_url, ttl=0)
 
 
-def test_redis_unreachable_names_the_url():
-    port = _free_port()  # nothing listens here
+def test_redis_unreachable_names_the_url(port):
+    # nothing listens on `port` (a free loopback port)
     with pytest.raises(StoreError, match=rf"cannot reach Redis at redis://127\.0\.0\.1:{port}/0"):
         open_store("redis", redis_url=f"redis://127.0.0.1:{port}/0")
     with pytest.raises(StoreError, match=r"redis://admin:\*\*\*@127\.0\.0\.1") as info:
