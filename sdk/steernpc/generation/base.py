@@ -7,6 +7,7 @@ Stream of Delta events followed by exactly one Finished event.
 
 from __future__ import annotations
 
+import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -71,6 +72,24 @@ class Finished:
     total_ms: float = 0.0
     error: str | None = None
     token_ids: list[int] = field(default_factory=list)  # the reply's tokens (without EOS), where known
+
+
+def finished_from(job: Any, reason: str, error: str | None = None) -> Finished:
+    """The Finished event of a token-level backend's job (torch, onnx, trtllm share the
+    fields: assembler, prompt_ids, generated, hit_eos, cached, submitted, first_token_at)."""
+    now = time.perf_counter()
+    first = job.first_token_at or now
+    return Finished(
+        text=job.assembler.text,
+        reason=reason,
+        prompt_tokens=len(job.prompt_ids),
+        completion_tokens=len(job.generated) + (1 if job.hit_eos else 0),
+        cached_tokens=job.cached,
+        ttft_ms=(first - job.submitted) * 1000.0,
+        total_ms=(now - job.submitted) * 1000.0,
+        error=error,
+        token_ids=list(job.generated),
+    )
 
 
 class Backend(ABC):

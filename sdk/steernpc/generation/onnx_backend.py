@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull
+from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from
 from steernpc.generation.detokenize import TextAssembler
 from steernpc.generation.stream import Stream
 
@@ -507,18 +507,7 @@ class OnnxBackend(Backend):
         self.slots[src], self.slots[dst] = self.slots[dst], self.slots[src]
 
     def _finished(self, job: _Job, reason: str) -> Finished:
-        now = time.perf_counter()
-        first = job.first_token_at or now
-        return Finished(
-            text=job.assembler.text,
-            reason=reason,
-            prompt_tokens=len(job.prompt_ids),
-            completion_tokens=len(job.generated) + (1 if job.hit_eos else 0),
-            cached_tokens=job.cached,
-            ttft_ms=(first - job.submitted) * 1000.0,
-            total_ms=(now - job.submitted) * 1000.0,
-            token_ids=list(job.generated),
-        )
+        return finished_from(job, reason)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull
+from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from
 from steernpc.generation.detokenize import TextAssembler
 from steernpc.generation.stream import Stream
 
@@ -430,19 +430,7 @@ class TrtllmBackend(Backend):
             await asyncio.sleep(0.02)
 
     def _finished(self, job: _Job, reason: str, error: str | None = None) -> Finished:
-        now = time.perf_counter()
-        first = job.first_token_at or now
-        return Finished(
-            text=job.assembler.text,
-            reason=reason,
-            prompt_tokens=len(job.prompt_ids),
-            completion_tokens=len(job.generated) + (1 if job.hit_eos else 0),
-            cached_tokens=job.cached,
-            ttft_ms=(first - job.submitted) * 1000.0,
-            total_ms=(now - job.submitted) * 1000.0,
-            error=error,
-            token_ids=list(job.generated),
-        )
+        return finished_from(job, reason, error)
 
 
 def _abort(handle: Any) -> None:
