@@ -5,12 +5,13 @@
 #   samples/pipeline/sample_model.sh [WORK_DIR]      (default runs/sample)
 #
 # corpus (base-model replies to this project's player lines, for every sample persona,
-# sampled under random style instructions) -> 1. APM -> 2. annotate -> 3. LoRA SFT in the
-# chat format -> 4. bootstrap round -> steerability report on held-out player lines.
+# sampled under random style instructions) -> 1. APM -> 2. annotate (quantile-calibrated)
+# -> 3. LoRA SFT in the nemo format, many exchanges per persona card -> 4. bootstrap round
+# -> steerability report on held-out player lines, with the untuned base as baseline.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=${1:-runs/sample}
-EXAMPLES=${SFT_EXAMPLES:-1600}
+STEPS=${SFT_STEPS:-250}
 mkdir -p "$W"
 
 echo "== corpus: SmolLM2 replies to samples/data/player_lines.txt for every persona"
@@ -26,19 +27,25 @@ python samples/pipeline/style_labels.py "$W/npc_corpus_aug.jsonl" "$W/style_labe
 [ -f "$W/apm_style/apm.json" ] || steernpc train apm --schema npc --data "$W/style_labelled.jsonl" --input reply \
   --epochs 20 --max-length 96 --freeze-backbone --out "$W/apm_style"
 
-echo "== step 2: annotate the corpus with the APM"
-steernpc annotate "$W/npc_corpus_aug.jsonl" "$W/npc_annotated.jsonl" --apm "$W/apm_style" --to npc
+echo "== step 2: annotate the corpus with the APM, calibrated so every level 0-4 is equally common"
+steernpc annotate "$W/npc_corpus_aug.jsonl" "$W/npc_annotated.jsonl" --apm "$W/apm_style" --to npc --calibrate
+# nemo trains every reply of a conversation, each under its own label line: chaining the
+# exchanges of one persona reads its ~230-token card once per ~8 labelled replies
+python samples/pipeline/conversations.py "$W/npc_annotated.jsonl" "$W/npc_conversations.jsonl" --exchanges 24
 
-echo "== step 3: attribute-conditioned LoRA SFT (chat format)"
-steernpc train sft --base smollm2 --data "$W/npc_annotated.jsonl" --format chat --schema npc --lora 16 \
-  --max-examples "$EXAMPLES" --epochs 1 --precision bf16 --lr 3e-4 --save-minutes 5 --out "$W/sft"
+echo "== step 3: attribute-conditioned LoRA SFT (nemo format: the label line sits right before each reply)"
+steernpc train sft --base smollm2 --data "$W/npc_conversations.jsonl" --format nemo --schema npc --lora 16 \
+  --max-steps "$STEPS" --precision bf16 --lr 8e-4 --save-minutes 10 --out "$W/sft"
 
-echo "== step 4: bootstrap round (sample under drawn targets, annotate, train round 2)"
+echo "== step 4: bootstrap round (sample under drawn targets, annotate with the calibrated APM, train round 2)"
 steernpc train bootstrap --base smollm2 --adapter "$W/sft" --apm "$W/apm_style" --personas samples/personas \
-  --prompts samples/data/player_lines.txt --out "$W/bootstrap"
+  --prompts samples/data/player_lines.txt --samples 6 --max-new-tokens 64 --batch-size 16 \
+  --max-steps 40 --lr 3e-4 --precision bf16 --out "$W/bootstrap"
 
 echo "== steerability report on held-out player lines, and the untuned base as the baseline row"
-steernpc eval steerability --model smollm2 --adapter "$W/bootstrap/round2" --apm "$W/apm_style" \
-  --personas samples/personas --prompts samples/data/player_lines_heldout.txt --out "$W/report"
-steernpc eval steerability --model smollm2 --apm "$W/apm_style" \
-  --personas samples/personas --prompts samples/data/player_lines_heldout.txt --out "$W/report_base"
+for model in sft bootstrap/round2; do
+  steernpc eval steerability --model smollm2 --adapter "$W/$model" --apm "$W/apm_style" --batch-size 16 \
+    --personas samples/personas --prompts samples/data/player_lines_heldout.txt --max-personas 3 --out "$W/report_${model//\//_}"
+done
+steernpc eval steerability --model smollm2 --format nemo --apm "$W/apm_style" --batch-size 16 \
+  --personas samples/personas --prompts samples/data/player_lines_heldout.txt --max-personas 3 --out "$W/report_base"

@@ -69,6 +69,9 @@ class FakeAPM:
         self.trained = [n for n in schema.names if n != "creativity"]
         self.calls = 0
         self.fail_after = fail_after
+        self.cuts = {}
+
+    level = A.APM.level
 
     def predict_exchanges(self, items, batch_size=32):
         self.calls += 1
@@ -107,12 +110,50 @@ def test_annotate_resumes_without_duplicates(tmp_path):
     assert fake.calls == 0
 
 
+def test_calibrated_annotation_makes_every_level_equally_common(tmp_path):
+    from collections import Counter
+
+    schema = AttributeSchema.builtin("npc")
+    src = _many(tmp_path, n=30)  # 60 replies; FakeAPM's raw predictions crowd no particular level
+    (tmp_path / "apm").mkdir()
+    plain, calibrated = tmp_path / "plain.jsonl", tmp_path / "calibrated.jsonl"
+    annotate(src, plain, tmp_path / "apm", apm=FakeAPM(schema), progress=False)
+    assert not (tmp_path / "apm" / A.CALIBRATION_FILE).exists()
+    annotate(src, calibrated, tmp_path / "apm", apm=FakeAPM(schema), progress=False, calibrate=True)
+
+    def counts(path, name):
+        return Counter(schema.decode(m["label"])[name] for row in map(json.loads, open(path))
+                       for m in row["conversations"] if m["from"] == "Assistant")
+
+    assert counts(plain, "verbosity") == {2: 22, 3: 18, 4: 20}  # clip + round: no 0 or 1 at all
+    for name in ("humor", "friendliness", "verbosity"):
+        assert sorted(counts(calibrated, name).values()) == [12] * 5, name
+    assert counts(calibrated, "creativity") == {2: 60}  # untrained: still the schema default
+    saved = json.loads((tmp_path / "apm" / A.CALIBRATION_FILE).read_text())
+    assert saved["method"] == "quantile" and saved["predictions"] == 60
+    assert set(saved["cuts"]) == {"humor", "friendliness", "verbosity"} and len(saved["cuts"]["humor"]) == 4
+
+
+def test_apm_level_without_and_with_calibration():
+    class Probe:
+        schema = AttributeSchema.builtin("npc")
+        cuts = {}
+        level = A.APM.level
+
+    probe = Probe()
+    assert [probe.level("humor", v) for v in (-1.0, 1.5, 2.5, 3.49, 9.0)] == [0, 2, 2, 3, 4]  # clip + round
+    probe.cuts = {"humor": [1.9, 2.0, 2.1, 2.2]}
+    assert [probe.level("humor", v) for v in (1.0, 1.9, 1.95, 2.15, 2.2, 7.0)] == [0, 1, 1, 3, 4, 4]
+
+
 def test_annotate_cli_with_real_apm(train_data, tiny_encoder_dir, tmp_path):
     from steernpc.cli import main
 
     A.train_apm(A.APMConfig(schema="npc", backbone=str(tiny_encoder_dir), epochs=1, holdout=0), [train_data / "npc.jsonl"], tmp_path / "apm")
     out = tmp_path / "labelled.jsonl"
-    assert main(["annotate", str(train_data / "npc.jsonl"), str(out), "--apm", str(tmp_path / "apm"), "--batch-size", "2"]) == 0
+    assert main(["annotate", str(train_data / "npc.jsonl"), str(out), "--apm", str(tmp_path / "apm"), "--batch-size", "2",
+                 "--calibrate"]) == 0
+    assert A.load_apm(tmp_path / "apm").cuts.keys() == set(A.load_apm(tmp_path / "apm").trained)  # saved and reloaded
     rows = [json.loads(l) for l in open(out)]
     assert len(rows) == 3
     schema = AttributeSchema.builtin("npc")

@@ -3,7 +3,9 @@
 Every reply gets the APM's prediction for each attribute, clipped to the attribute's range
 and then rounded with Python's round() as NeMo does (`round(min(4, max(0, r)))`; note
 round(2.5) == 2, half to even). Attributes the APM never saw labels for get the schema
-default. The output is NeMo SteerLM JSONL (or npc JSONL), one line per input record, in
+default. With `calibrate`, a first pass fits the APM's quantile calibration on this corpus
+(`apm.calibrate`: every level equally common) and every label is the calibrated level; an
+APM that already has a calibration.json uses it without being asked. The output is NeMo SteerLM JSONL (or npc JSONL), one line per input record, in
 input order.
 
 Resumable: OUT.progress.json records how many records are safely written (after flush and
@@ -80,10 +82,12 @@ def annotate(
     limit: int = 0,
     apm: Any = None,
     progress: bool | None = None,
+    calibrate: bool = False,
 ) -> dict:
     """Annotate every reply in `src` with the APM; write `out`. Returns a summary dict."""
     from tqdm import tqdm
 
+    from steernpc_train.apm import calibrate as fit_calibration
     from steernpc_train.apm import load_apm
 
     if out_format not in OUT_FORMATS:
@@ -125,6 +129,12 @@ def annotate(
     writer = to_nemo if out_format == "nemo" else to_npc
     stats = ReadStats()
     fmt = sniff_format(src) if data_format == "auto" else data_format
+    if calibrate:
+        items = [(conv.system, conv.exchanges(ti)) for index, conv in enumerate(read_conversations(src, fmt, schema, skip_bad, ReadStats()))
+                 if not limit or index < limit for ti, turn in enumerate(conv.turns) if turn.reply is not None]
+        _log(f"calibrating the APM on {len(items)} replies")
+        cuts = fit_calibration(apm, apm.predict_exchanges(items, batch_size=batch_size), apm_dir)
+        _log("cut points: " + "; ".join(f"{n} {', '.join(f'{c:.3f}' for c in v)}" for n, v in cuts.items()))
     records: Iterator[Conversation] = read_conversations(src, fmt, schema, skip_bad, stats)
     total = _count_lines(str(src)) if fmt in ("nemo", "npc", "helpsteer", "regression") else None
     if limit:
@@ -150,7 +160,7 @@ def annotate(
                 if keep_labels and turn.labels and spec.name in turn.labels:
                     labels[spec.name] = schema.clamp(spec.name, turn.labels[spec.name])
                 elif spec.name in apm.trained:
-                    labels[spec.name] = clip_round(pred[spec.name], spec.min, spec.max)
+                    labels[spec.name] = apm.level(spec.name, pred[spec.name])
                 else:
                     labels[spec.name] = spec.default
             turn.labels = labels

@@ -11,8 +11,10 @@ A trained APM is a folder::
     schema.yaml           the attribute schema (loadable with AttributeSchema.load)
     head.safetensors      the linear head
     backbone/             the (fine-tuned) backbone and its tokenizer (save_pretrained)
+    calibration.json      optional: per-attribute cut points (see `APM.level`)
 
-`load_apm(DIR).predict(texts)` gives one {attribute: float} per text (raw, unclipped).
+`load_apm(DIR).predict(texts)` gives one {attribute: float} per text (raw, unclipped);
+`APM.level(name, value)` turns a prediction into an integer label.
 """
 
 from __future__ import annotations
@@ -162,6 +164,18 @@ class APM:
         self.input = meta.get("input", "conversation")
         self.max_length = int(meta.get("max_length", 256))
         self.trained = list(meta.get("trained_attributes", schema.names))
+        self.cuts: dict[str, list[float]] = dict(meta.get("calibration", {}))
+
+    def level(self, name: str, value: float) -> int:
+        """The integer label for a raw prediction. Calibrated: the number of cut points at
+        or below it, plus the scale minimum. Otherwise NeMo's clip and round."""
+        spec = self.schema[name]
+        cuts = self.cuts.get(name)
+        if cuts is None:
+            from steernpc_train.annotate import clip_round
+
+            return clip_round(value, spec.min, spec.max)
+        return spec.min + sum(value >= c for c in cuts)
 
     def text_for(self, system: str | None, exchanges: Sequence[Exchange]) -> str:
         """The APM's input text for the last reply of `exchanges`."""
@@ -212,7 +226,33 @@ def load_apm(folder: str | os.PathLike, device: str | None = None) -> APM:
     module = _torch_module()(backbone, len(schema), meta["pooling"])
     module.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     module.to(device).eval()
+    calibration = folder / CALIBRATION_FILE
+    if calibration.exists():
+        meta = {**meta, "calibration": json.loads(calibration.read_text())["cuts"]}
     return APM(module, tok, schema, meta, device)
+
+
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibrate(apm: APM, predictions: Sequence[dict[str, float]], folder: str | os.PathLike) -> dict[str, list[float]]:
+    """Quantile calibration: cut points so that every level of every trained attribute is
+    equally common over `predictions`. An APM trained with MSE regresses towards the mean
+    (its predictions on a corpus can all round to the middle levels), so plain rounding
+    would leave the SFT almost no 0s or 4s to learn from. Saved to FOLDER/calibration.json
+    and used from then on by `APM.level` (annotate, bootstrap)."""
+    cuts = {}
+    for name in apm.trained:
+        spec = apm.schema[name]
+        values = sorted(p[name] for p in predictions)
+        levels = spec.max - spec.min + 1
+        cuts[name] = [values[min(len(values) - 1, len(values) * k // levels)] for k in range(1, levels)]
+    path = Path(folder) / CALIBRATION_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"method": "quantile", "predictions": len(predictions), "cuts": cuts}, indent=2) + "\n")
+    os.replace(tmp, path)
+    apm.cuts = cuts
+    return cuts
 
 
 # -- training ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ the schema, annotate them with the APM, build the round-2 dataset and train roun
 Two ways to build round 2:
 
 * ``--weighting none`` (SteerLM): each sample is labelled with what the APM *measures* on
-  it (clip + round), whatever target it was sampled under; all samples weigh 1.
+  it (`APM.level`: its calibrated level, or clip + round), whatever target it was sampled under; all samples weigh 1.
 * ``--weighting steerlm2`` (SteerLM 2.0, HelpSteer2 paper): each sample keeps its *target*
   vector a and gets the importance weight
 
@@ -44,7 +44,6 @@ from typing import Any
 from steernpc.attributes import AttributeSchema
 from steernpc.prompt import CHAT_LABEL_PREFIX, NEMO_LABEL, Exchange, build_prompt, segments
 
-from steernpc_train.annotate import clip_round
 from steernpc_train.data import Conversation, Turn, dumps, read_conversations, to_nemo
 from steernpc_train.sft import GENERIC_CARD, SFTConfig, load_personas_dict, persona_system, read_meta, train_sft
 
@@ -161,7 +160,7 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
 
     rows = []
     for (i, target, prompt), reply, pred in zip(jobs, replies, preds):
-        labels = {s.name: (clip_round(pred[s.name], s.min, s.max) if s.name in apm.trained else s.default) for s in schema.specs}
+        labels = {s.name: (apm.level(s.name, pred[s.name]) if s.name in apm.trained else s.default) for s in schema.specs}
         rows.append({"prompt_index": i, "target": target, "reply": reply["text"], "finish": reply["finish"],
                      "apm": {k: round(v, 4) for k, v in pred.items()}, "labels": labels, "prompt": prompt})
 

@@ -94,7 +94,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
     summary = annotate(args.input, args.output, args.apm, data_format=args.from_fmt, out_format=args.to_fmt,
                        batch_size=args.batch_size, keep_labels=args.keep_labels, skip_bad=args.skip_bad,
-                       restart=args.restart, limit=args.limit)
+                       restart=args.restart, limit=args.limit, calibrate=args.calibrate)
     print(json.dumps(summary), file=sys.stderr)
     return 0
 
@@ -229,6 +229,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--restart", action="store_true", help="start over instead of resuming")
     p.add_argument("--limit", type=int, default=0, help="annotate only the first N records")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first fit the APM's quantile calibration on this corpus (every level equally common; "
+                        "saved as APM/calibration.json and used by later annotate and bootstrap runs)")
     p.set_defaults(func=cmd_annotate)
 
     ev = sub.add_parser("eval", help="evaluation reports").add_subparsers(dest="eval_command", metavar="REPORT")

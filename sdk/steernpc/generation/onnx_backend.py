@@ -5,33 +5,25 @@ on first use, into STEERNPC_HOME/onnx/, when given an HF model): onnxruntime-gen
 model builder graph, whose attention is ORT's fused GroupQueryAttention (rotary inside,
 per-row sequence lengths) and whose int4/int8 weights are MatMulNBits.
 
-Engine (same design as the torch backend): one thread runs one loop for every request.
-Each iteration prefills at most one chunk of a waiting prompt (batch 1), then decodes one
-token for every running request in one batched call. The KV cache is a pool of slots
+The scheduler is `SlotEngine`'s, shared with the torch backend (continuous batching,
+session prefixes kept between turns). Here the KV pool is
 `[slots, kv_heads, max_len, head_dim]` per layer in numpy; ORT reads and writes it in
 place (GroupQueryAttention's shared past/present buffer, bound by pointer through
 IOBinding), so no step copies the cache. Running requests occupy slots 0..B-1, so a
-decode binds one contiguous view. A finished request's slot stays parked with its
-tokens: the session's next turn computes only the new tokens (longest common prefix), and
-a new session copies the longest matching prefix (the character card) from any slot.
+decode binds one contiguous view.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from
-from steernpc.generation.detokenize import TextAssembler
-from steernpc.generation.stream import Stream
+from steernpc.generation.base import BackendUnavailable
+from steernpc.generation.slot_engine import Job, SlotEngine
 
 _PRECISION_ALIASES = {"float32": "fp32", "fp32": "fp32", "int8": "int8", "int4": "int4", "q4_1": "q4_1"}
 
@@ -94,33 +86,7 @@ def ensure_onnx(model: Any = None, adapter: str | None = None, precision: str = 
     return out
 
 
-@dataclass
-class _Slot:
-    tokens: list[int] = field(default_factory=list)  # token ids whose K/V are in the slot
-    owner: str | None = None  # the cache key (session) parked here
-    last_used: float = 0.0
-
-
-@dataclass
-class _Job:
-    request: GenerationRequest
-    stream: Stream
-    prompt_ids: list[int]
-    submitted: float
-    assembler: TextAssembler
-    stop_ids: frozenset
-    slot: int = -1
-    prefilled: int = 0
-    cached: int = 0
-    generated: list[int] = field(default_factory=list)
-    next_token: int | None = None
-    rng: Any = None
-    first_token_at: float | None = None
-    seen: np.ndarray | None = None
-    hit_eos: bool = False
-
-
-class OnnxBackend(Backend):
+class OnnxBackend(SlotEngine):
     """ONNX Runtime on CPU. Options:
 
     model: an ONNX export folder (`steernpc compile --target onnx`), a compile output root,
@@ -134,6 +100,7 @@ class OnnxBackend(Backend):
     """
 
     name = "onnx"
+    thread_name = "steernpc-onnx-engine"
 
     def __init__(
         self,
@@ -194,29 +161,15 @@ class OnnxBackend(Backend):
 
         max_len = min(int(max_len), int(genai.get("context_length") or max_len))
         self.max_len = max_len
-        self.max_batch = max(1, min(max_batch, slots - 1))
-        self.max_queue = max_queue
-        self.prefill_chunk = prefill_chunk
         shape = (slots, self.kv_heads, max_len, self.head_dim)
         # np.zeros maps pages lazily: only the touched part of the pool costs memory.
         self.k = [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self.v = [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self._row_bytes = self.kv_heads * max_len * self.head_dim * 4
-        self._logits = np.zeros((self.max_batch, 1, self.vocab), np.float32)
-        self.slots = [_Slot() for _ in range(slots)]
+        self._logits = np.zeros((max(1, min(max_batch, slots - 1)), 1, self.vocab), np.float32)
         self.eos_ids = self._eos_ids(genai)
-        self._special = {tok: i for tok, i in (getattr(tokenizer, "get_added_vocab", dict)() or {}).items()}
         self._rng = np.random.default_rng()
-
-        self._pending: collections.deque[_Job] = collections.deque()
-        self._prefilling: _Job | None = None
-        self._running: list[_Job] = []
-        self._drops: list[str] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="steernpc-onnx-engine", daemon=True)
-        self._thread.start()
+        self._start_engine(slots, max_len, max_batch, max_queue, prefill_chunk)
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}
@@ -245,147 +198,17 @@ class OnnxBackend(Backend):
             add(self.card.get("eos_token_ids"))
         return ids
 
-    # -- public API ------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest) -> Stream:
-        request.params.validate()
-        stream = Stream(request.request_id)
-        ids = self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
-        # A stop string that is one special token also stops on its id (it never shows in
-        # the decoded text, which skips special tokens).
-        stop_ids = frozenset(self._special[s] for s in request.stop if s in self._special)
-        job = _Job(request, stream, ids, time.perf_counter(), TextAssembler(self.tokenizer, request.stop), stop_ids)
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("backend is closed")
-            if self._error is not None:
-                raise RuntimeError(f"generation engine failed: {self._error}")
-            if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"generation queue is full ({self.max_queue} waiting); retry shortly")
-            if not ids:
-                raise ValueError("empty prompt")
-            if len(ids) + 1 >= self.max_len:
-                raise ValueError(f"prompt is {len(ids)} tokens; this backend holds at most {self.max_len - 1}")
-            self._pending.append(job)
-            self._cond.notify()
-        return stream
+    # -- the arrays behind SlotEngine --------------------------------------------------------
+    def _copy_kv(self, dst: int, src: int, length: int) -> None:
+        for k, v in zip(self.k, self.v):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
 
-    def drop_cache(self, cache_key: str) -> None:
-        with self._cond:
-            self._drops.append(cache_key)
-            self._cond.notify()
-
-    def stats(self) -> dict[str, float]:
-        with self._cond:
-            return {
-                "queue_depth": len(self._pending) + (1 if self._prefilling else 0),
-                "running": len(self._running),
-                "parked_sessions": sum(1 for s in self.slots if s.owner is not None),
-            }
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
-
-    # -- the loop --------------------------------------------------------------------------
-    def _loop(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not (self._closed or self._pending or self._prefilling or self._running or self._drops):
-                        self._cond.wait()
-                    if self._closed:
-                        break
-                    drops, self._drops = self._drops, []
-                for key in drops:
-                    self._forget(key)
-                self._reap_cancelled()
-                self._admit()
-                if self._prefilling is not None:
-                    self._prefill_step(self._prefilling)
-                if self._running:
-                    self._decode_step()
-        except BaseException as exc:  # a bug: fail every waiter instead of hanging them
-            self._error = exc
-            for job in [*self._running, *([self._prefilling] if self._prefilling else []), *self._pending]:
-                job.stream.push(Finished(job.assembler.text, "error", error=f"{type(exc).__name__}: {exc}"))
-            raise
-        finally:
-            for job in [*self._running, *([self._prefilling] if self._prefilling else []), *self._pending]:
-                job.stream.push(Finished(job.assembler.text, "cancelled"))
-
-    def _forget(self, key: str) -> None:
-        for i, slot in enumerate(self.slots):
-            busy = i < len(self._running) or (self._prefilling is not None and self._prefilling.slot == i)
-            if slot.owner == key and not busy:
-                slot.owner, slot.tokens = None, []
-
-    def _reap_cancelled(self) -> None:
-        with self._cond:
-            waiting = [j for j in self._pending if j.stream.cancelled]
-            for job in waiting:
-                self._pending.remove(job)
-        for job in waiting:
-            job.stream.push(self._finished(job, "cancelled"))
-        if self._prefilling is not None and self._prefilling.stream.cancelled:
-            job, self._prefilling = self._prefilling, None
-            self.slots[job.slot].tokens = job.prompt_ids[: job.prefilled]
-            self.slots[job.slot].owner = job.request.cache_key
-            job.stream.push(self._finished(job, "cancelled"))
-        for row in reversed(range(len(self._running))):
-            if self._running[row].stream.cancelled:
-                self._retire(row, "cancelled")
-
-    def _admit(self) -> None:
-        if self._prefilling is not None or len(self._running) >= self.max_batch:
-            return
-        with self._cond:
-            if not self._pending:
-                return
-            busy = {j.request.cache_key for j in self._running if j.request.cache_key}
-            job = next((j for j in self._pending if j.request.cache_key is None or j.request.cache_key not in busy), None)
-            if job is None:
-                return
-            self._pending.remove(job)
-        job.slot = self._choose_slot(job)
-        slot = self.slots[job.slot]
-        slot.owner, slot.last_used = job.request.cache_key, time.monotonic()
-        keep = _common_prefix(slot.tokens, job.prompt_ids)
-        donor, donor_len = self._best_donor(job.prompt_ids, exclude=job.slot)
-        if donor_len > keep:
-            for k, v in zip(self.k, self.v):
-                k[job.slot, :, :donor_len] = k[donor, :, :donor_len]
-                v[job.slot, :, :donor_len] = v[donor, :, :donor_len]
-            keep = donor_len
-        keep = min(keep, len(job.prompt_ids) - 1)  # always compute the last prompt token
-        slot.tokens = job.prompt_ids[:keep]
-        job.prefilled = job.cached = keep
-        seed = job.request.params.seed
-        job.rng = np.random.default_rng(int(seed)) if seed is not None else self._rng
-        job.seen = np.unique(np.asarray(job.prompt_ids, dtype=np.int64))
-        self._prefilling = job
-
-    def _choose_slot(self, job: _Job) -> int:
-        candidates = range(len(self._running), len(self.slots))
-        key = job.request.cache_key
-        if key is not None:
-            for i in candidates:
-                if self.slots[i].owner == key:
-                    return i
-        free = [i for i in candidates if self.slots[i].owner is None]
-        if free:
-            return min(free, key=lambda i: len(self.slots[i].tokens))
-        return min(candidates, key=lambda i: self.slots[i].last_used)  # evict the LRU session
-
-    def _best_donor(self, ids: list[int], exclude: int) -> tuple[int, int]:
-        best, best_len = -1, 0
-        for i, slot in enumerate(self.slots):
-            if i != exclude and slot.tokens:
-                n = _common_prefix(slot.tokens, ids)
-                if n > best_len:
-                    best, best_len = i, n
-        return best, best_len
+    def _swap_kv(self, a: int, b: int, length: int) -> None:
+        idx, rev = [a, b], [b, a]
+        for k, v in zip(self.k, self.v):
+            k[idx, :, :length] = k[rev, :, :length]
+            v[idx, :, :length] = v[rev, :, :length]
 
     def _run(self, first_row: int, rows: int, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """One forward over slots [first_row, first_row + rows); K/V updated in place."""
@@ -404,38 +227,27 @@ class OnnxBackend(Backend):
         self.session.run_with_iobinding(io)
         return self._logits[:rows, 0]
 
-    def _prefill_step(self, job: _Job) -> None:
-        start = job.prefilled
-        chunk = job.prompt_ids[start : start + self.prefill_chunk]
-        n = len(chunk)
+    def _prefill_logits(self, slot: int, start: int, chunk: list[int]) -> np.ndarray:
         ids = np.asarray([chunk], dtype=np.int64)
-        mask = np.ones((1, start + n), dtype=np.int64)
-        logits = self._run(job.slot, 1, ids, mask)
-        job.prefilled += n
-        self.slots[job.slot].tokens = job.prompt_ids[: job.prefilled]
-        if job.prefilled < len(job.prompt_ids):
-            return
-        self._prefilling = None
-        row = len(self._running)
-        self._move(job.slot, row)
-        job.slot = row
-        self._running.append(job)
-        self._emit(row, self._sample(job, logits[0].copy()))
+        mask = np.ones((1, start + len(chunk)), dtype=np.int64)
+        return self._run(slot, 1, ids, mask)[0].copy()
 
-    def _decode_step(self) -> None:
-        jobs = self._running
-        lengths = np.asarray([len(self.slots[i].tokens) for i in range(len(jobs))], dtype=np.int64)
-        total = int(lengths.max()) + 1
-        mask = (np.arange(total)[None, :] <= lengths[:, None]).astype(np.int64)
-        ids = np.asarray([[j.next_token] for j in jobs], dtype=np.int64)
-        logits = self._run(0, len(jobs), ids, mask)
-        for row, job in enumerate(jobs):
-            self.slots[row].tokens.append(job.next_token)
-        tokens = [self._sample(job, logits[row].copy()) for row, job in enumerate(jobs)]
-        for row in reversed(range(len(jobs))):
-            self._emit(row, tokens[row])
+    def _decode_logits(self, lengths: list[int], tokens: list[int]) -> np.ndarray:
+        rows = np.asarray(lengths, dtype=np.int64)
+        mask = (np.arange(int(rows.max()) + 1)[None, :] <= rows[:, None]).astype(np.int64)
+        ids = np.asarray([[t] for t in tokens], dtype=np.int64)
+        return self._run(0, len(tokens), ids, mask).copy()
 
-    def _sample(self, job: _Job, logits: np.ndarray) -> int:
+    def _start_sampling(self, job: Job) -> None:
+        seed = job.request.params.seed
+        job.rng = np.random.default_rng(int(seed)) if seed is not None else self._rng
+        job.seen = np.unique(np.asarray(job.prompt_ids, dtype=np.int64))
+
+    def _add_seen(self, job: Job, token: int) -> None:
+        if token not in job.seen:
+            job.seen = np.append(job.seen, token)
+
+    def _sample(self, job: Job, logits: np.ndarray) -> int:
         p = job.request.params
         if p.repetition_penalty != 1.0:
             scores = logits[job.seen]
@@ -456,63 +268,3 @@ class OnnxBackend(Backend):
         probs = np.exp(logits - logits.max())
         cdf = np.cumsum(probs)
         return int(min(np.searchsorted(cdf, job.rng.random() * cdf[-1], side="right"), logits.size - 1))
-
-    def _emit(self, row: int, token: int) -> None:
-        job = self._running[row]
-        if job.first_token_at is None:
-            job.first_token_at = time.perf_counter()
-        if token in self.eos_ids or token in job.stop_ids:
-            job.hit_eos = True
-            self._retire(row, "stop")
-            return
-        job.generated.append(token)
-        job.next_token = token
-        if job.request.params.repetition_penalty != 1.0 and token not in job.seen:
-            job.seen = np.append(job.seen, token)
-        delta = job.assembler.add(token)
-        if delta:
-            job.stream.push(Delta(delta))
-        if job.assembler.stopped:
-            self._retire(row, "stop")
-        elif len(job.generated) >= job.request.params.max_new_tokens:
-            self._retire(row, "length")
-        elif len(self.slots[row].tokens) + 1 >= self.max_len:
-            self._retire(row, "length")
-
-    def _retire(self, row: int, reason: str) -> None:
-        job = self._running.pop(row)
-        slot = self.slots[row]
-        slot.owner, slot.last_used = job.request.cache_key, time.monotonic()
-        if job.request.cache_key is None:
-            slot.tokens = []
-        last = len(self._running)
-        if row != last:
-            self._move(last, row)
-            self._running.insert(row, self._running.pop())
-        tail = job.assembler.finish()
-        if tail:
-            job.stream.push(Delta(tail))
-        job.stream.push(self._finished(job, reason))
-
-    def _move(self, src: int, dst: int) -> None:
-        """Swap the contents (K/V and bookkeeping) of two slots."""
-        if src == dst:
-            return
-        n = max(len(self.slots[src].tokens), len(self.slots[dst].tokens))
-        if n:
-            idx, rev = [src, dst], [dst, src]
-            for k, v in zip(self.k, self.v):
-                k[idx, :, :n] = k[rev, :, :n]
-                v[idx, :, :n] = v[rev, :, :n]
-        self.slots[src], self.slots[dst] = self.slots[dst], self.slots[src]
-
-    def _finished(self, job: _Job, reason: str) -> Finished:
-        return finished_from(job, reason)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -33,7 +33,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull

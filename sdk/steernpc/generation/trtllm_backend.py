@@ -43,6 +43,7 @@ from typing import Any
 from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from
 from steernpc.generation.detokenize import TextAssembler
 from steernpc.generation.stream import Stream
+from steernpc.generation.slot_engine import common_prefix
 
 INSTALL_HINT = (
     "TensorRT-LLM is not installed. The trtllm backend runs on an NVIDIA GPU server with "
@@ -307,7 +308,7 @@ class TrtllmBackend(Backend):
         best = 0
         for key, other in self._recent.items():
             if key != cache_key:
-                best = max(best, _common_prefix(other, ids))
+                best = max(best, common_prefix(other, ids))
         return best
 
     def retention_config(self, ids: list[int], cache_key: str | None) -> Any:
@@ -439,11 +440,3 @@ def _abort(handle: Any) -> None:
             handle.abort()
     except Exception:  # noqa: BLE001 - already finished
         pass
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
