@@ -9,6 +9,16 @@ from pathlib import Path
 
 FAKE_TRTLLM = Path(__file__).resolve().parent / "fake_trtllm"
 
+CARD = "<|im_start|>system\nYou are Brom, the blacksmith of Emberfall. Short, gruff sentences.<|im_end|>\n"
+
+
+def chat(*turns: str) -> str:
+    """A chat-template prompt: user, assistant, user, ... ending at the generation point."""
+    text = CARD
+    for i, turn in enumerate(turns):
+        text += f"<|im_start|>{'user' if i % 2 == 0 else 'assistant'}\n{turn}<|im_end|>\n"
+    return text + "<|im_start|>assistant\n"
+
 
 def have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None

@@ -18,18 +18,9 @@ import importlib.util
 import time
 
 import pytest
-from backend_helpers import fake_tensorrt_llm
+from backend_helpers import chat, fake_tensorrt_llm
 
 from steernpc.generation import Delta, Finished, GenerationRequest, SamplingParams
-
-CARD = "<|im_start|>system\nYou are Brom, the blacksmith of Emberfall. Short, gruff sentences.<|im_end|>\n"
-
-
-def chat(*turns: str) -> str:
-    text = CARD
-    for i, turn in enumerate(turns):
-        text += f"<|im_start|>{'user' if i % 2 == 0 else 'assistant'}\n{turn}<|im_end|>\n"
-    return text + "<|im_start|>assistant\n"
 
 
 STORY = chat("Tell me a long story about the dragon of Emberfall mountain, with many details.")
