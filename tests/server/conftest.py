@@ -7,7 +7,6 @@ random Llama from tests/conftest.py.
 
 from __future__ import annotations
 
-
 import pytest
 from server_harness import ServerProcess
 
@@ -35,3 +34,17 @@ def launch(tiny_model_dir, tmp_path_factory):
     yield _launch
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def npc(server):
+    """A Python client of the module's `server` fixture."""
+    from steernpc.client import NpcClient
+
+    with NpcClient(server.target, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def stub(npc):
+    return npc.stub

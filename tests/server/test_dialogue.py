@@ -14,7 +14,7 @@ import grpc
 import pytest
 from server_harness import SAMPLE_PERSONAS, Reply, rpc_error, say, wait_until
 
-from steernpc.client import AsyncNpcClient, NpcClient, say_request
+from steernpc.client import AsyncNpcClient, say_request
 from steernpc.persona import load_persona
 from steernpc.sessions import import_snapshot
 from steernpc.wire import pb
@@ -30,17 +30,6 @@ def persona(cid: str):
 @pytest.fixture(scope="module")
 def server(launch):
     return launch("dialogue", metrics=True)
-
-
-@pytest.fixture(scope="module")
-def npc(server):
-    with NpcClient(server.target, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def stub(npc):
-    return npc.stub
 
 
 def history(npc, session_id: str):

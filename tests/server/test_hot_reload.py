@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from server_harness import copy_personas, say, wait_until
 
-from steernpc.client import NpcClient
 from steernpc.persona import PersonaError, load_persona
 
 RELOAD_TIMEOUT = 20.0
@@ -31,12 +30,6 @@ def personas(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(launch, personas):
     return launch("hot-reload", personas=personas)
-
-
-@pytest.fixture(scope="module")
-def npc(server):
-    with NpcClient(server.target, timeout=60) as client:
-        yield client
 
 
 def ids(npc) -> set[str]:

@@ -10,7 +10,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server_harness import SAMPLE_PERSONAS, SERVICE, rpc_error, say
 
-from steernpc.client import NpcClient
 from steernpc.persona import load_persona
 from steernpc.sessions import import_snapshot
 from steernpc.wire import pb, pb_grpc
@@ -25,17 +24,6 @@ HUMOR = BROM.schema["humor"]
 @pytest.fixture(scope="module")
 def server(launch):
     return launch("rpcs")
-
-
-@pytest.fixture(scope="module")
-def npc(server):
-    with NpcClient(server.target, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def stub(npc):
-    return npc.stub
 
 
 def code_of(fn, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
