@@ -322,6 +322,18 @@ def store(request, tmp_path):
 
 # -- every store -----------------------------------------------------------------------------
 
+def test_update_never_resurrects_a_deleted_session(store: SessionStore):
+    session = make_session("u-session", turns=1)
+    assert store.update(session) is False and store.get("u-session") is None  # never stored
+    store.put(session)
+    session.record("and then?", "then nothing", {"humor": 3})
+    assert store.update(session) is True and store.get("u-session").turns == 2
+    store.delete("u-session")  # e.g. DeleteSession on another server while a reply ran here
+    session.record("still there?", "no", {"humor": 0})
+    assert store.update(session) is False
+    assert store.get("u-session") is None and "u-session" not in store.list_ids()
+
+
 def test_store_get_put_delete_list(store: SessionStore):
     assert store.get("nope") is None and store.list_ids() == [] and store.count() == 0
     assert store.delete("nope") is False

@@ -67,3 +67,14 @@ def test_two_servers_on_one_redis_share_sessions(launch, redis_url):
         on_a.delete_session("shared")
         assert rpc_error(on_b.get_session, "shared").code() == grpc.StatusCode.NOT_FOUND
         assert rpc_error(lambda: list(on_b.say_events("shared", "Anyone?", max_new_tokens=4))).code() == grpc.StatusCode.NOT_FOUND
+
+        # A reply still running on A when B deletes the session must not store it again
+        # when it ends (A saves with a write-if-exists, not an insert).
+        on_a.create_session("hilde", session_id="racing")
+        events = on_a.say_events("racing", "Tell me everything you know.", max_new_tokens=300, seed=4)
+        assert next(events).HasField("delta")  # A is replying now
+        on_b.delete_session("racing")
+        rest = list(events)
+        assert rest[-1].HasField("done") and rest[-1].done.text
+        for npc in (on_a, on_b):
+            assert rpc_error(npc.get_session, "racing").code() == grpc.StatusCode.NOT_FOUND

@@ -215,7 +215,8 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             steer.update(self._check_attributes(persona, request.attributes))
             self._check_steering(persona, mood, steer)
             session.apply_steer(mood=request.mood or None, attributes=dict(request.attributes), clear=request.clear)
-            await asyncio.to_thread(self.store.put, session)
+            if not await asyncio.to_thread(self.store.update, session):
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} not found (deleted meanwhile)")
             return self._session_message(session, persona)
 
     async def Steer(self, request, context):
@@ -306,8 +307,11 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 self.metrics.reply_finished(session.session_id, final.reason, final.completion_tokens)
                 self.metrics.backend_stats(backend.stats())
                 if final.reason != "error" and final.text:
+                    # A cancelled reply's partial text is kept too: the player saw it.
                     session.record(request.text, final.text, turn.attributes)
-                    await asyncio.to_thread(self.store.put, session)
+                    # update, not put: a DeleteSession on another server sharing the store
+                    # while this reply ran must not be undone by this save
+                    await asyncio.to_thread(self.store.update, session)
             if final.reason == "error":
                 raise RequestError(grpc.StatusCode.INTERNAL, f"generation failed: {final.error}")
             yield self._done_event(interaction_id, final, turn.attributes)

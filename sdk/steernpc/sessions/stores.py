@@ -46,6 +46,11 @@ class SessionStore(ABC):
         """Insert or replace the session (stored as a copy)."""
 
     @abstractmethod
+    def update(self, session: Session) -> bool:
+        """Replace the session only if it is still stored; False (and nothing written) if it
+        was deleted meanwhile, e.g. by another server on the same store while it replied."""
+
+    @abstractmethod
     def delete(self, session_id: str) -> bool:
         """Remove the session; True if it existed."""
 
@@ -119,6 +124,15 @@ class MemoryStore(SessionStore):
         stored = session.copy()
         with self._lock:
             self._data()[stored.session_id] = stored
+
+    def update(self, session: Session) -> bool:
+        _check_session(session)
+        stored = session.copy()
+        with self._lock:
+            if stored.session_id not in self._data():
+                return False
+            self._data()[stored.session_id] = stored
+            return True
 
     def delete(self, session_id: str) -> bool:
         _check_id(session_id)
@@ -238,6 +252,15 @@ class SqliteStore(SessionStore):
                 "updated_at = excluded.updated_at, data = excluded.data",
                 (session.session_id, session.character_id, float(session.updated_at), blob),
             )
+
+    def update(self, session: Session) -> bool:
+        _check_session(session)
+        blob = export_snapshot(session)
+        with self._lock:
+            return self._run(
+                "UPDATE sessions SET character_id = ?, updated_at = ?, data = ? WHERE session_id = ?",
+                (session.character_id, float(session.updated_at), blob, session.session_id),
+            ).rowcount > 0
 
     def delete(self, session_id: str) -> bool:
         _check_id(session_id)
@@ -360,6 +383,13 @@ class RedisStore(SessionStore):
         blob = export_snapshot(session)
         px = max(1, int(self.ttl * 1000)) if self.ttl else None
         self._call(self._client.set, self._key(session.session_id), blob, px=px)
+
+    def update(self, session: Session) -> bool:
+        _check_session(session)
+        blob = export_snapshot(session)
+        px = max(1, int(self.ttl * 1000)) if self.ttl else None
+        # SET ... XX writes only over an existing key, atomically in Redis
+        return bool(self._call(self._client.set, self._key(session.session_id), blob, px=px, xx=True))
 
     def delete(self, session_id: str) -> bool:
         _check_id(session_id)
