@@ -100,6 +100,25 @@ def test_builder_expands_chat_turns_with_history(tok):
     assert "humor:3,friendliness:2,creativity:2,verbosity:2" in tok.decode(filled[0].input_ids)
 
 
+@pytest.mark.parametrize("fmt", ["nemo", "chat"])
+def test_end_weight_lands_on_each_end_of_turn_marker(tok, fmt):
+    conv = Conversation([Turn("Halt!", "Who goes there?", V1), Turn("A friend.", "Then pass.", V2)], system=SYSTEM)
+    plain = S.ExampleBuilder(fmt, SCHEMA, tok).build(conv)
+    weighted = S.ExampleBuilder(fmt, SCHEMA, tok, end_weight=5.0).build(conv)
+    assert [e.input_ids for e in weighted] == [e.input_ids for e in plain]
+    assert [e.labels for e in weighted] == [e.labels for e in plain] and plain[0].token_weights is None
+    ex = weighted[-1]
+    heavy = tok.decode([i for i, w in zip(ex.input_ids, ex.token_weights) if w == 5.0])
+    marker = "\n<extra_id_1>" if fmt == "nemo" else "<|im_end|>\n"
+    # the reply's last token (the one the end decision follows) and the marker, per trained reply
+    replies = ["Who goes there?", "Then pass."] if fmt == "nemo" else ["Then pass."]
+    assert heavy == "".join("?" * (r.endswith("?")) + "." * (r.endswith(".")) + marker for r in replies)
+    assert all(w == 1.0 for w, label in zip(ex.token_weights, ex.labels) if label == S.IGNORE)
+    batch = S.collate([[ex]], pad_id=0)  # targets are shifted: weight i belongs to token i + 1
+    heavy_targets = batch["targets"][0][batch["weights"][0] == 5.0].tolist()
+    assert tok.decode(heavy_targets) == heavy
+
+
 def test_packing_isolates_examples(tiny_model_dir, tok):
     model, _ = models.load_model(tiny_model_dir, device="cpu", dtype="float32")
     a = S.Example(*S.tokenize_segments(segments("nemo", SYSTEM, [Exchange("Halt!", "Who goes there?", V1)], SCHEMA), tok))

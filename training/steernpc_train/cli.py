@@ -55,6 +55,7 @@ def _sft_config(args: argparse.Namespace, **over):
         format=getattr(args, "format", None) or "chat", schema=args.schema,
         data_format=getattr(args, "data_format", "auto"), personas=args.personas or [], system=args.system,
         history=args.history, fill_missing=args.fill_missing, skip_bad=args.skip_bad, max_examples=args.max_examples,
+        end_weight=args.end_weight,
         lora=args.lora or 16, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, full=args.full,
         init_adapter=getattr(args, "init_adapter", None), max_length=args.max_length, packing=not args.no_packing,
         micro_batch=args.micro_batch, grad_accum=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps,
@@ -127,6 +128,9 @@ def _add_sft_arguments(p: argparse.ArgumentParser, bootstrap: bool = False) -> N
     g.add_argument("--fill-missing", action="store_true", help="fill labels a reply lacks with the schema defaults")
     g.add_argument("--skip-bad", action="store_true", help="skip malformed records (count them) instead of failing")
     g.add_argument("--max-examples", type=int, default=0, help="use a random subset of this many examples (0 = all)")
+    g.add_argument("--end-weight", type=float, default=1.0,
+                   help="loss weight of each reply's end-of-turn marker (default 1: plain SFT); >1 teaches "
+                        "*when* to stop, which is what verbosity labels steer")
     g = p.add_argument_group("model")
     kind = g.add_mutually_exclusive_group()
     kind.add_argument("--lora", type=int, default=None, metavar="R", help="LoRA rank on all linear projections (default 16)")

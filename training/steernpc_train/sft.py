@@ -14,7 +14,9 @@ Read top to bottom:
 3. **Packing without cross-talk.** position_ids restart at 0 for every packed example and
    no 2D attention mask is passed, so transformers builds a block-diagonal causal mask
    (no token attends to another example). Targets are shifted per example.
-4. **Loss.** Token cross-entropy on trained tokens (times the example's weight, if any),
+4. **Loss.** Token cross-entropy on trained tokens (times the example's weight, if any,
+   and --end-weight on each reply's end-of-turn marker: the one decision that verbosity
+   hangs on, outnumbered ~40:1 by the reply's own tokens),
    summed and divided by the number of trained tokens in the whole optimizer step across
    all micro-batches and ranks: gradient accumulation and DDP give the same update as one
    big batch.
@@ -76,6 +78,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # HF convention: labels[i] == input_ids[i] where token i is trained, else -100
     weight: float = 1.0
+    token_weights: list[float] | None = None  # per token (aligned with labels); None = all 1
 
     @property
     def n_trained(self) -> int:
@@ -84,13 +87,26 @@ class Example:
 
 def tokenize_segments(pieces: Sequence[tuple[str, bool]], tokenizer: Any) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for prompt.segments() pieces: trained pieces keep their ids as labels."""
+    ids, labels, _ = assemble([(p, tokenizer(t, add_special_tokens=False)["input_ids"]) for p, t in
+                               ((trains, text) for text, trains in pieces)])
+    return ids, labels
+
+
+def assemble(pieces: Sequence[tuple[bool, list[int]]], end_tokens: int = 0, end_weight: float = 1.0
+             ) -> tuple[list[int], list[int], list[float] | None]:
+    """(input_ids, labels, token_weights) from tokenized (trains, ids) pieces. With
+    end_weight != 1, the last `end_tokens` tokens of every trained piece (its end-of-turn
+    marker) weigh end_weight."""
     ids: list[int] = []
     labels: list[int] = []
-    for text, trains in pieces:
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+    weights: list[float] | None = [] if end_weight != 1.0 and end_tokens else None
+    for trains, piece in pieces:
         ids.extend(piece)
         labels.extend(piece if trains else [IGNORE] * len(piece))
-    return ids, labels
+        if weights is not None:
+            tail = min(end_tokens, len(piece)) if trains else 0
+            weights.extend([1.0] * (len(piece) - tail) + [end_weight] * tail)
+    return ids, labels, weights
 
 
 @dataclass
@@ -105,8 +121,19 @@ class ExampleBuilder:
     system: str | None = None  # overrides every record's system text
     personas: dict = field(default_factory=dict)  # character id -> Persona (its card is the system)
     fill_missing: bool = False
+    end_weight: float = 1.0  # loss weight of each reply's end-of-turn marker
     dropped: int = 0
     filled: int = 0
+    _end_tokens: int | None = None
+
+    def end_tokens(self) -> int:
+        """Tokens of this format's end-of-turn marker (what follows a reply in its trained
+        piece), plus the reply's last token, which merges with the marker in some tokenizers."""
+        if self._end_tokens is None:
+            pieces = segments(self.fmt, "s", [Exchange("u", "x", self.schema.defaults())], self.schema, self.tokenizer)
+            trained = next(text for text, trains in pieces if trains)
+            self._end_tokens = len(self.tokenizer(trained[1:], add_special_tokens=False)["input_ids"]) + 1
+        return self._end_tokens
 
     def system_for(self, conv: Conversation) -> str:
         if self.system is not None:
@@ -136,8 +163,15 @@ class ExampleBuilder:
         return {n: vector[n] for n in self.schema.names}
 
     def _example(self, system: str, exchanges: list[Exchange], weight: float) -> Example:
-        ids, labels = tokenize_segments(segments(self.fmt, system, exchanges, self.schema, self.tokenizer), self.tokenizer)
-        return Example(ids, labels, weight)
+        pieces = segments(self.fmt, system, exchanges, self.schema, self.tokenizer)
+        ids, labels, token_weights = self._assemble(
+            [(trains, self.tokenizer(text, add_special_tokens=False)["input_ids"]) for text, trains in pieces])
+        return Example(ids, labels, weight, token_weights)
+
+    def _assemble(self, pieces: list[tuple[bool, list[int]]]) -> tuple[list[int], list[int], list[float] | None]:
+        if self.end_weight == 1.0:
+            return assemble(pieces)
+        return assemble(pieces, self.end_tokens(), self.end_weight)
 
     def _exchanges(self, conv: Conversation) -> list[Exchange]:
         replies = [i for i, t in enumerate(conv.turns) if t.reply is not None]
@@ -186,14 +220,10 @@ class ExampleBuilder:
         out: list[Example] = []
         at = 0
         for (system, exchanges, weight, kind), p in zip(jobs, pieces):
-            ids: list[int] = []
-            labels: list[int] = []
-            for (_, trains), piece in zip(p, encoded[at:at + len(p)]):
-                ids.extend(piece)
-                labels.extend(piece if trains else [IGNORE] * len(piece))
+            ids, labels, token_weights = self._assemble([(trains, piece) for (_, trains), piece in zip(p, encoded[at:at + len(p)])])
             at += len(p)
             if len(ids) <= self.max_length:
-                out.append(Example(ids, labels, weight))
+                out.append(Example(ids, labels, weight, token_weights))
                 continue
             if kind == "chat":
                 ex, _ = self._fit(system, exchanges, weight, keep_first=False)
@@ -294,7 +324,10 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int) -> dict:
             pos[r, at:at + n] = torch.arange(n)
             shifted = ex.labels[1:] + [IGNORE]
             tgt[r, at:at + n] = torch.tensor(shifted)
-            wts[r, at:at + n] = ex.weight
+            if ex.token_weights is None:
+                wts[r, at:at + n] = ex.weight
+            else:  # position i predicts token i + 1
+                wts[r, at:at + n] = ex.weight * torch.tensor(ex.token_weights[1:] + [0.0])
             at += n
         if at < width:  # padding is one more "example" that nothing attends into
             pos[r, at:] = torch.arange(width - at)
@@ -379,6 +412,7 @@ class SFTConfig:
     fill_missing: bool = False
     skip_bad: bool = False
     max_examples: int = 0
+    end_weight: float = 1.0  # loss weight of each reply's end-of-turn marker (1 = plain SFT)
     lora: int = 16  # LoRA rank; ignored with full=True
     lora_alpha: int = 0  # 0 = 2 * rank
     lora_dropout: float = 0.05
@@ -419,7 +453,7 @@ def load_personas_dict(paths: Sequence[str]) -> dict:
 
 def build_examples(cfg: SFTConfig, tokenizer: Any, schema: AttributeSchema) -> tuple[list[Example], ExampleBuilder]:
     builder = ExampleBuilder(cfg.format, schema, tokenizer, cfg.max_length, cfg.history, cfg.system,
-                             load_personas_dict(cfg.personas), cfg.fill_missing)
+                             load_personas_dict(cfg.personas), cfg.fill_missing, cfg.end_weight)
     stats = ReadStats()
     good: list[Conversation] = []
     for path in cfg.data:
