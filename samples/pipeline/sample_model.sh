@@ -11,7 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 W=${1:-runs/sample}
-STEPS=${SFT_STEPS:-250}
 mkdir -p "$W"
 
 echo "== corpus: SmolLM2 replies to samples/data/player_lines.txt for every persona"
@@ -34,18 +33,21 @@ steernpc annotate "$W/npc_corpus_aug.jsonl" "$W/npc_annotated.jsonl" --apm "$W/a
 python samples/pipeline/conversations.py "$W/npc_annotated.jsonl" "$W/npc_conversations.jsonl" --exchanges 24
 
 echo "== step 3: attribute-conditioned LoRA SFT (nemo format: the label line sits right before each reply)"
+# 3a: plain SFT (lr 8e-4); 3b: continue with 5x loss weight on each end-of-turn marker
 steernpc train sft --base smollm2 --data "$W/npc_conversations.jsonl" --format nemo --schema npc --lora 16 \
-  --max-steps "$STEPS" --precision bf16 --lr 8e-4 --save-minutes 10 --out "$W/sft"
+  --max-steps 180 --precision bf16 --lr 8e-4 --save-minutes 10 --out "$W/sft_a"
+steernpc train sft --base smollm2 --init-adapter "$W/sft_a" --data "$W/npc_conversations.jsonl" --format nemo --schema npc \
+  --end-weight 5 --max-steps 180 --precision bf16 --lr 6e-4 --warmup 0.02 --save-minutes 10 --out "$W/sft"
 
 echo "== step 4: bootstrap round (sample under drawn targets, annotate with the calibrated APM, train round 2)"
 steernpc train bootstrap --base smollm2 --adapter "$W/sft" --apm "$W/apm_style" --personas samples/personas \
-  --prompts samples/data/player_lines.txt --samples 6 --max-new-tokens 64 --batch-size 16 \
-  --max-steps 40 --lr 3e-4 --precision bf16 --out "$W/bootstrap"
+  --prompts samples/data/player_lines.txt --samples 4 --max-new-tokens 64 --batch-size 16 \
+  --end-weight 5 --max-steps 30 --lr 3e-4 --precision bf16 --out "$W/bootstrap"
 
 echo "== steerability report on held-out player lines, and the untuned base as the baseline row"
 for model in sft bootstrap/round2; do
   steernpc eval steerability --model smollm2 --adapter "$W/$model" --apm "$W/apm_style" --batch-size 16 \
-    --personas samples/personas --prompts samples/data/player_lines_heldout.txt --max-personas 3 --out "$W/report_${model//\//_}"
+    --personas samples/personas --prompts samples/data/player_lines_heldout.txt --max-personas 3 --max-prompts 8 --max-new-tokens 60 --out "$W/report_${model//\//_}"
 done
 steernpc eval steerability --model smollm2 --format nemo --apm "$W/apm_style" --batch-size 16 \
-  --personas samples/personas --prompts samples/data/player_lines_heldout.txt --max-personas 3 --out "$W/report_base"
+  --personas samples/personas --prompts samples/data/player_lines_heldout.txt --max-personas 3 --max-prompts 8 --max-new-tokens 60 --out "$W/report_base"
