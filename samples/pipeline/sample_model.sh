@@ -51,3 +51,6 @@ for model in sft bootstrap/round2; do
 done
 steernpc eval steerability --model smollm2 --format nemo --apm "$W/apm_style" --batch-size 16 \
   --personas samples/personas --prompts samples/data/player_lines_heldout.txt --max-personas 3 --max-prompts 8 --max-new-tokens 60 --out "$W/report_base"
+
+echo "== ship the better of round 1 and round 2 by the reports (round 1 this time; see the model card) in fp16"
+python samples/pipeline/ship_adapter.py "$W/sft" samples/models/steernpc-npc-lora

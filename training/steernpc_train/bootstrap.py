@@ -39,7 +39,6 @@ import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from steernpc.attributes import AttributeSchema
 from steernpc.prompt import CHAT_LABEL_PREFIX, NEMO_LABEL, Exchange, build_prompt, segments

@@ -20,7 +20,6 @@ from steernpc.attributes import InvalidAttribute
 from steernpc.dialogue import prepare_turn
 from steernpc.generation.base import Backend, Delta, Finished, QueueFull
 from steernpc.persona import Persona
-from steernpc.prompt import Exchange
 from steernpc.server.characters import CharacterRegistry
 from steernpc.server.metrics import Metrics
 from steernpc.sessions import Session, SessionStore, SnapshotError, StoreError, export_snapshot, import_snapshot
