@@ -51,6 +51,9 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> No
     for i in range(max(len(a), len(b))):
         print(f"  | {(a[i] if i < len(a) else ''):<{WIDTH}} | {(b[i] if i < len(b) else ''):<{WIDTH}} |")
     print(f"  +-{'-' * WIDTH}-+-{'-' * WIDTH}-+")
+    if left.strip() == right.strip():  # say so rather than let a viewer hunt for a difference
+        attribute = left_title.split()[0]
+        print(f"  (identical: this model does not follow {attribute} yet; its model card has the numbers)")
 
 
 def wait_for_server(target: str, server: subprocess.Popen, timeout: float = 600) -> None:
