@@ -116,6 +116,23 @@ def test_render_cli_prints_the_nemo_template_byte_for_byte(tmp_path):
     assert "humor:4," in out.stdout
 
 
+def test_render_cli_defaults_to_the_served_format():
+    """Without --format, render shows what `steernpc serve` would feed the default model:
+    the sample adapter's format, or chat for the bare base."""
+    import os
+
+    from steernpc.runtime_defaults import default_adapter, model_format
+
+    def render(**env):
+        cmd = [sys.executable, "-m", "steernpc.cli", "render", "--persona", "samples/personas/brom.yaml", "--say", "Hi"]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **env}).stdout
+
+    opener = {"nemo": "<extra_id_0>System\n", "chat": "<|im_start|>system\n"}
+    served = model_format(None, default_adapter(None))
+    assert render().startswith(opener[served])
+    assert render(STEERNPC_ADAPTER="none").startswith(opener["chat"])
+
+
 def test_render_cli_rejects_a_bad_attribute_with_its_range():
     out = subprocess.run(
         [sys.executable, "-m", "steernpc.cli", "render", "--persona", "samples/personas/brom.yaml",

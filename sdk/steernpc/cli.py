@@ -33,6 +33,10 @@ def _attr_overrides(items: list[str]) -> dict[str, int]:
 def cmd_render(args: argparse.Namespace) -> int:
     persona = load_persona(args.persona)
     vector = persona.resolve(mood=args.mood, override=_attr_overrides(args.attr))
+    if args.format is None:
+        from steernpc.runtime_defaults import default_adapter, model_format
+
+        args.format = model_format(args.model, default_adapter(args.model))
     tokenizer = None
     if args.format == "chat":
         from steernpc import models
@@ -89,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="print exactly the prompt the model would see")
     p.add_argument("--persona", required=True, help="persona YAML file")
-    p.add_argument("--format", choices=FORMATS, default="chat")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="prompt format (default: what `steernpc serve` would use for --model: its adapter's or card's, else chat)")
     p.add_argument("--say", required=True, help="the player's line")
     p.add_argument("--attr", action="append", default=[], metavar="NAME=VALUE", help="per-reply override (repeatable)")
     p.add_argument("--mood", help="one of the persona's moods")
