@@ -118,6 +118,7 @@ def test_bootstrap_builds_a_valid_round2(tiny_model_dir, train_data, apm_dir, tm
     cfg = BootstrapConfig(model=str(tiny_model_dir), adapter=str(r1), apm=str(apm_dir),
                           prompts=[str(train_data / "npc.jsonl"), str(train_data / "helpsteer.jsonl")], out=str(tmp_path / "boot"),
                           samples=k, max_new_tokens=12, weighting=weighting, train=weighting == "steerlm2",
+                          keep_cut=True,  # a random model never ends a reply: every sample is cut at 12 tokens
                           sft=SFTConfig(max_steps=1, save_every=0, micro_batch=2))
     summary = run_bootstrap(cfg)
     assert summary["format"] == "chat" and summary["prompts"] == 5 and summary["samples"] == 5 * k
@@ -147,6 +148,19 @@ def test_bootstrap_builds_a_valid_round2(tiny_model_dir, train_data, apm_dir, tm
         assert (tmp_path / "boot" / "round2" / "adapter_model.safetensors").exists()
         meta = json.loads((tmp_path / "boot" / "round2" / "steernpc_train.json").read_text())
         assert meta["config"]["init_adapter"] == str(r1)
+
+
+def test_bootstrap_leaves_replies_cut_by_the_token_limit_out_of_round2(tiny_model_dir, train_data, apm_dir, tmp_path, one_thread):
+    cfg = BootstrapConfig(model=str(tiny_model_dir), apm=str(apm_dir), prompts=[str(train_data / "npc.jsonl")], format="nemo",
+                          out=str(tmp_path / "boot"), samples=3, max_new_tokens=6, train=False)
+    summary = run_bootstrap(cfg)
+    samples = [json.loads(l) for l in open(tmp_path / "boot" / "samples.jsonl")]
+    complete = [s for s in samples if s["reply"] and s["finish"] != "length"]
+    cut = [s for s in samples if s["reply"] and s["finish"] == "length"]
+    assert cut, "a random model should run into a 6-token limit"
+    assert summary["cut_replies_dropped"] == len(cut) and summary["round2_records"] == len(complete)
+    round2 = list(read_conversations(tmp_path / "boot" / "round2.jsonl", "nemo"))
+    assert [c.turns[-1].reply for c in round2] == [s["reply"] for s in complete]
 
 
 def test_unconditioned_prompt_drops_the_label_line(tiny_model_dir):

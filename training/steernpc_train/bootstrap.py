@@ -27,6 +27,9 @@ Two ways to build round 2:
 
   All log-likelihoods cover the reply and its end-of-turn marker, as trained.
 
+Samples cut by --max-new-tokens are left out of round 2 (they end mid-sentence, and round 2
+would append an end-of-turn marker to them) unless --keep-cut.
+
 Output (under --out): samples.jsonl (every sample with target, APM prediction, labels and
 the weight terms), round2.jsonl (NeMo SteerLM JSONL, with "weight" when weighted) and
 round2/ (the trained model, unless --no-train).
@@ -70,6 +73,7 @@ class BootstrapConfig:
     weighting: str = "none"  # none | steerlm2
     sigma: float = 1.0
     max_prompts: int = 0
+    keep_cut: bool = False  # keep replies cut by max_new_tokens (they would teach ending mid-sentence)
     train: bool = True
     sft: SFTConfig | None = None
 
@@ -193,7 +197,7 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
     with open(out / "samples.jsonl", "w", encoding="utf-8") as fs, open(out / "round2.jsonl", "w", encoding="utf-8") as fr:
         for row in rows:
             fs.write(dumps(row) + "\n")
-            if not row["reply"]:
+            if not row["reply"] or (row["finish"] == "length" and not cfg.keep_cut):
                 continue
             it = items[row["prompt_index"]]
             turns = [Turn(e.user, e.reply, dict(e.labels)) for e in it.history]
@@ -201,8 +205,9 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
             conv = Conversation(turns, system=it.system, weight=round(row["weight"], 6) if weighted else None)
             fr.write(dumps(to_nemo(conv)) + "\n")
             kept += 1
-    summary = {"prompts": len(items), "samples": len(rows), "round2_records": kept, "empty_replies": len(rows) - kept,
-               "format": fmt, "weighting": cfg.weighting}
+    cut = 0 if cfg.keep_cut else sum(1 for r in rows if r["reply"] and r["finish"] == "length")
+    summary = {"prompts": len(items), "samples": len(rows), "round2_records": kept, "cut_replies_dropped": cut,
+               "empty_replies": len(rows) - kept - cut, "format": fmt, "weighting": cfg.weighting}
     (out / "bootstrap.json").write_text(json.dumps(summary, indent=2))
     log(f"round-2 dataset: {kept} records -> {out / 'round2.jsonl'}")
     del model

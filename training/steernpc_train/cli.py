@@ -82,7 +82,7 @@ def cmd_train_bootstrap(args: argparse.Namespace) -> int:
         samples=args.samples, schema=args.schema, format=args.format, personas=args.personas or [],
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         batch_size=args.batch_size, seed=args.seed, weighting=args.weighting, sigma=args.sigma,
-        max_prompts=args.max_prompts, train=not args.no_train,
+        max_prompts=args.max_prompts, keep_cut=args.keep_cut, train=not args.no_train,
         sft=_sft_config(args, base=args.model, out=str(args.out) + "/round2", data=[], init_adapter=args.adapter,
                         format=args.format or "chat"),
     )
@@ -219,6 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="steerlm2: train on the target labels with weights softmax(log P(a|x,y) + log P(y|x) - log Q'(y|a,x))")
     p.add_argument("--sigma", type=float, default=1.0, help="steerlm2: std of the Gaussian P(a|x,y) around the APM prediction")
     p.add_argument("--no-train", action="store_true", help="only build the round-2 dataset")
+    p.add_argument("--keep-cut", action="store_true", help="keep replies cut by --max-new-tokens in round 2 (default: drop them)")
     _add_sft_arguments(p, bootstrap=True)
     p.set_defaults(func=cmd_train_bootstrap)
 
