@@ -87,8 +87,7 @@ class Example:
 
 def tokenize_segments(pieces: Sequence[tuple[str, bool]], tokenizer: Any) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for prompt.segments() pieces: trained pieces keep their ids as labels."""
-    ids, labels, _ = assemble([(p, tokenizer(t, add_special_tokens=False)["input_ids"]) for p, t in
-                               ((trains, text) for text, trains in pieces)])
+    ids, labels, _ = assemble([(trains, tokenizer(text, add_special_tokens=False)["input_ids"]) for text, trains in pieces])
     return ids, labels
 
 
