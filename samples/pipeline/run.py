@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
           "--prompts", args.lines, "--personas", args.personas, "--max-prompts", sizes["prompts"], "-k", sizes["k"],
           "--weighting", "steerlm2", "--max-new-tokens", sizes["new_tokens"], "--out", str(out / "bootstrap"),
           "--max-steps", sizes["round2_steps"], "--max-length", sizes["max_length"], "--micro-batch", sizes["micro"],
-          "--save-every", "0", "--resume", "never"])
+          "--save-every", "0", "--resume", "never"] + (["--keep-cut"] if tiny else []))  # a random model never ends a reply
     step("report: steerability of the round-2 model",
          ["eval", "steerability", "--model", base, "--adapter", str(out / "bootstrap" / "round2"), "--apm", str(out / "apm"),
           "--personas", args.personas, "--prompts", args.lines, "--max-prompts", sizes["report_lines"],

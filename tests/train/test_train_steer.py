@@ -161,6 +161,11 @@ def test_bootstrap_leaves_replies_cut_by_the_token_limit_out_of_round2(tiny_mode
     assert summary["cut_replies_dropped"] == len(cut) and summary["round2_records"] == len(complete)
     round2 = list(read_conversations(tmp_path / "boot" / "round2.jsonl", "nemo"))
     assert [c.turns[-1].reply for c in round2] == [s["reply"] for s in complete]
+    # (seeded, so deterministic:) this random model ends none of them, and training on nothing
+    # is a clear error naming the fix, not a missing round2/ folder for the next step to trip on
+    assert not complete
+    with pytest.raises(ValueError, match="no complete replies.*--keep-cut"):
+        run_bootstrap(BootstrapConfig(**{**cfg.__dict__, "train": True, "out": str(tmp_path / "boot2")}))
 
 
 def test_unconditioned_prompt_drops_the_label_line(tiny_model_dir):

@@ -209,9 +209,12 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
     summary = {"prompts": len(items), "samples": len(rows), "round2_records": kept, "cut_replies_dropped": cut,
                "empty_replies": len(rows) - kept - cut, "format": fmt, "weighting": cfg.weighting}
     (out / "bootstrap.json").write_text(json.dumps(summary, indent=2))
-    log(f"round-2 dataset: {kept} records -> {out / 'round2.jsonl'}")
+    log(f"round-2 dataset: {kept} records -> {out / 'round2.jsonl'}" + (f" ({cut} cut by the token limit left out)" if cut else ""))
     del model
-    if cfg.train and kept:
+    if cfg.train and not kept:
+        raise ValueError(f"round 2 has no complete replies to train on ({cut} of {len(rows)} samples were cut by "
+                         f"--max-new-tokens {cfg.max_new_tokens}): raise it, or pass --keep-cut to train on cut replies")
+    if cfg.train:
         sft = cfg.sft or SFTConfig()
         sft.data = [str(out / "round2.jsonl")]
         sft.data_format = "nemo"
