@@ -5,8 +5,8 @@ and then rounded with Python's round() as NeMo does (`round(min(4, max(0, r)))`;
 round(2.5) == 2, half to even). Attributes the APM never saw labels for get the schema
 default. With `calibrate`, a first pass fits the APM's quantile calibration on this corpus
 (`apm.calibrate`: every level equally common) and every label is the calibrated level; an
-APM that already has a calibration.json uses it without being asked. The output is NeMo SteerLM JSONL (or npc JSONL), one line per input record, in
-input order.
+APM that already has a calibration.json uses it without being asked. The output is NeMo
+SteerLM JSONL (or npc JSONL), one line per input record, in input order.
 
 Resumable: OUT.progress.json records how many records are safely written (after flush and
 fsync). A re-run truncates OUT to that many lines and continues with the next record, so an
