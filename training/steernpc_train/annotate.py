@@ -129,11 +129,14 @@ def annotate(
     writer = to_nemo if out_format == "nemo" else to_npc
     stats = ReadStats()
     fmt = sniff_format(src) if data_format == "auto" else data_format
+    known: Iterator[dict] | None = None  # the calibration pass's predictions, reused in order
     if calibrate:
         items = [(conv.system, conv.exchanges(ti)) for index, conv in enumerate(read_conversations(src, fmt, schema, skip_bad, ReadStats()))
                  if not limit or index < limit for ti, turn in enumerate(conv.turns) if turn.reply is not None]
         _log(f"calibrating the APM on {len(items)} replies")
-        cuts = fit_calibration(apm, apm.predict_exchanges(items, batch_size=batch_size), apm_dir)
+        predictions = apm.predict_exchanges(items, batch_size=batch_size)
+        cuts = fit_calibration(apm, predictions, apm_dir)
+        known = iter(predictions)
         _log("cut points: " + "; ".join(f"{n} {', '.join(f'{c:.3f}' for c in v)}" for n, v in cuts.items()))
     records: Iterator[Conversation] = read_conversations(src, fmt, schema, skip_bad, stats)
     total = _count_lines(str(src)) if fmt in ("nemo", "npc", "helpsteer", "regression") else None
@@ -152,7 +155,10 @@ def annotate(
                 if turn.reply is not None:
                     items.append((conv.system, conv.exchanges(ti)))
                     where.append((ci, ti))
-        preds = apm.predict_exchanges(items, batch_size=batch_size) if items else []
+        if known is not None:
+            preds = [next(known) for _ in items]
+        else:
+            preds = apm.predict_exchanges(items, batch_size=batch_size) if items else []
         for (ci, ti), pred in zip(where, preds):
             turn = pending[ci].turns[ti]
             labels = {}
@@ -179,6 +185,9 @@ def annotate(
             if limit and index >= limit:
                 break
             if index < done:
+                if known is not None:  # already written: skip its predictions too
+                    for _ in range(sum(t.reply is not None for t in conv.turns)):
+                        next(known)
                 continue
             pending.append(conv)
             n_pending_replies += sum(t.reply is not None for t in conv.turns)

@@ -160,16 +160,16 @@ class OnnxBackend(SlotEngine):
         self._io = self.session.io_binding()
 
         max_len = min(int(max_len), int(genai.get("context_length") or max_len))
-        self.max_len = max_len
         shape = (slots, self.kv_heads, max_len, self.head_dim)
         # np.zeros maps pages lazily: only the touched part of the pool costs memory.
         self.k = [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self.v = [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self._row_bytes = self.kv_heads * max_len * self.head_dim * 4
-        self._logits = np.zeros((max(1, min(max_batch, slots - 1)), 1, self.vocab), np.float32)
         self.eos_ids = self._eos_ids(genai)
         self._rng = np.random.default_rng()
         self._start_engine(slots, max_len, max_batch, max_queue, prefill_chunk)
+        # logits of one step, rows 0..max_batch-1 (no request can arrive before __init__ returns)
+        self._logits = np.zeros((self.max_batch, 1, self.vocab), np.float32)
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}

@@ -378,18 +378,16 @@ class RedisStore(SessionStore):
                 f"session {session_id!r} in Redis at {redact_url(self.url)} is corrupt: {exc}"
             ) from None
 
-    def put(self, session: Session) -> None:
+    def _set(self, session: Session, **flags) -> bool:
         _check_session(session)
-        blob = export_snapshot(session)
         px = max(1, int(self.ttl * 1000)) if self.ttl else None
-        self._call(self._client.set, self._key(session.session_id), blob, px=px)
+        return bool(self._call(self._client.set, self._key(session.session_id), export_snapshot(session), px=px, **flags))
+
+    def put(self, session: Session) -> None:
+        self._set(session)
 
     def update(self, session: Session) -> bool:
-        _check_session(session)
-        blob = export_snapshot(session)
-        px = max(1, int(self.ttl * 1000)) if self.ttl else None
-        # SET ... XX writes only over an existing key, atomically in Redis
-        return bool(self._call(self._client.set, self._key(session.session_id), blob, px=px, xx=True))
+        return self._set(session, xx=True)  # SET ... XX writes only over an existing key, atomically
 
     def delete(self, session_id: str) -> bool:
         _check_id(session_id)
