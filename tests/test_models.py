@@ -2,7 +2,6 @@
 HF folders, GGUF files, prepared names and LoRA adapters all load."""
 
 import json
-import time
 
 import pytest
 import torch
@@ -11,11 +10,18 @@ from steernpc import models
 from steernpc.runtime_defaults import model_format
 
 
-def test_prepare_is_idempotent_and_prints_the_folder(smollm2_dir):
-    started = time.time()
+def test_prepare_is_idempotent_and_prints_the_folder(smollm2_dir, monkeypatch):
+    weights = smollm2_dir / "model.safetensors"
+    before = weights.stat()
+
+    def no_second_conversion(*args, **kwargs):
+        raise AssertionError("prepare() converted the GGUF again")
+
+    monkeypatch.setattr(models, "_load_gguf", no_second_conversion)
     again = models.prepare(quiet=True)
     assert again == smollm2_dir
-    assert time.time() - started < 2  # nothing converted twice
+    after = weights.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # nothing rewritten
     assert (smollm2_dir / "config.json").exists() and (smollm2_dir / "model.safetensors").exists()
     assert "quantization_config" not in json.loads((smollm2_dir / "config.json").read_text())
 

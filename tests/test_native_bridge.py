@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "engine_bridges" / "native"
@@ -108,12 +109,6 @@ def shared_library(build: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # The server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:

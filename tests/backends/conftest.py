@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from backend_helpers import have, onnx_export_available
+from ports import free_port
 
 
 def missing(reason: str):
@@ -35,14 +36,6 @@ def onnx_tiny_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return export_onnx(tiny_model_dir, tmp_path_factory.mktemp("onnx") / "tiny-fp32", precision="fp32")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def llama_server():
     """`python -m llama_cpp.server` on loopback serving SmolLM2-135M-Instruct Q4_1; its URL.
@@ -57,7 +50,7 @@ def llama_server():
         gguf = models.bundled_gguf()
     except models.ModelNotFound as exc:
         missing(str(exc))
-    port = _free_port()
+    port = free_port()
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log", "w")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
            "--n_ctx", "2048", "--interrupt_requests", "False", "--verbose", "False"]  # fmt: skip

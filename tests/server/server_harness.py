@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from steernpc.wire import pb
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_PERSONAS = REPO / "samples" / "personas"
@@ -29,12 +29,6 @@ START_TIMEOUT = 120.0
 # A start that failed because another process grabbed the port between our free_port()
 # and the server's bind is retried on fresh ports; anything else fails the test.
 _PORT_CLASH = ("cannot listen on", "Address already in use")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def copy_personas(dest: Path) -> Path:

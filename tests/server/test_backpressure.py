@@ -21,10 +21,11 @@ def server(launch):
 def test_full_queue_is_resource_exhausted_and_accepted_requests_complete(server):
     n = 8
 
-    async def one(npc, sid: str, max_new_tokens: int, started: asyncio.Event | None = None):
+    async def one(npc, sid: str, max_new_tokens: int, started: asyncio.Event | None = None, ignore_eos: bool = False):
         events = []
         try:
-            call = npc.say_events(sid, f"Talk to me, {sid}.", interaction_id=f"i-{sid}", max_new_tokens=max_new_tokens, seed=31, timeout=300)
+            call = npc.say_events(sid, f"Talk to me, {sid}.", interaction_id=f"i-{sid}", max_new_tokens=max_new_tokens, seed=31,
+                                  ignore_eos=ignore_eos, timeout=300)  # fmt: skip
             async for event in call:
                 events.append(event)
                 if started is not None:
@@ -37,22 +38,31 @@ def test_full_queue_is_resource_exhausted_and_accepted_requests_complete(server)
     async def run():
         async with AsyncNpcClient(server.target, timeout=60) as npc:
             sids = [(await npc.create_session("tobias")).session_id for _ in range(n + 1)]
-            # one long reply fills the batch (max 1); then n more arrive at once for a queue of 1
+            # One reply fills the batch (max 1). It cannot end by itself before the slot's
+            # 2048-token context is full (ignore_eos), so it is still running when n more
+            # arrive at once for a queue of 1; the test ends it with Cancel afterwards.
             started = asyncio.Event()
-            first = asyncio.create_task(one(npc, sids[0], 600, started))
+            first = asyncio.create_task(one(npc, sids[0], 4096, started, ignore_eos=True))
             await asyncio.wait_for(started.wait(), 120)
-            rest = await asyncio.gather(*(one(npc, sid, 200) for sid in sids[1:]))
-            return sids, [await first] + list(rest)
+            rest = [asyncio.create_task(one(npc, sid, 200)) for sid in sids[1:]]
+            # every request but the one queued behind the first is answered while the first runs
+            done, pending = await asyncio.wait(rest, timeout=240, return_when=asyncio.FIRST_COMPLETED)
+            while len(pending) > 1:
+                more, pending = await asyncio.wait(pending, timeout=240, return_when=asyncio.FIRST_COMPLETED)
+                assert more, "a request was neither queued nor rejected"
+            assert not first.done(), "the long reply ended before the queue was tested"
+            assert await npc.cancel(f"i-{sids[0]}")
+            return sids, [await first] + [await task for task in rest]
 
     sids, results = asyncio.run(run())
-    assert results[0][0] == "ok"
+    assert results[0][0] == "ok" and results[0][1].done.finish_reason == pb.FINISH_REASON_CANCELLED
     rejected = [detail for kind, detail in results if kind == grpc.StatusCode.RESOURCE_EXHAUSTED]
     completed = [reply for kind, reply in results if kind == "ok"]
     assert rejected, "a full queue must answer RESOURCE_EXHAUSTED"
     assert all("queue" in detail for detail in rejected), rejected
     assert len(rejected) + len(completed) == n + 1, [kind for kind, _ in results]  # no other outcome
-    assert len(completed) >= 2  # the running one and the queued one
-    for reply in completed:
+    assert len(completed) == 2  # the running one and the queued one
+    for reply in completed[1:]:
         assert reply.done.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP)
         assert reply.text == reply.done.text and reply.done.usage.completion_tokens > 0
 

@@ -30,6 +30,9 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     repetition_penalty: float = 1.0
     seed: int | None = None
+    # Run to max_new_tokens: neither an end-of-turn token nor a stop string ends the reply
+    # (fixed-length replies for benchmarks and load tests; vLLM and TensorRT-LLM call it so too).
+    ignore_eos: bool = False
 
     def validate(self) -> "SamplingParams":
         if not 1 <= self.max_new_tokens <= 4096:

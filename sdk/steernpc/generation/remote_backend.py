@@ -231,7 +231,9 @@ class RemoteBackend(Backend):
             "top_p": p.top_p,
             "stream": True,
         }
-        if request.stop:
+        if p.ignore_eos:  # vLLM, trtllm-serve and llama.cpp's llama-server honour it
+            body["ignore_eos"] = True
+        elif request.stop:
             body["stop"] = list(request.stop)
         if p.seed is not None:
             body["seed"] = int(p.seed)

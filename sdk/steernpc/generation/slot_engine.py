@@ -114,8 +114,9 @@ class SlotEngine(Backend):
         ids = self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
         # A stop string that is one special token also stops on its id (it never shows in
         # the decoded text, which skips special tokens).
-        stop_ids = frozenset(self._special_ids[s] for s in request.stop if s in self._special_ids)
-        job = Job(request, stream, ids, time.perf_counter(), TextAssembler(self.tokenizer, request.stop), stop_ids)
+        stops = [] if request.params.ignore_eos else request.stop
+        stop_ids = frozenset(self._special_ids[s] for s in stops if s in self._special_ids)
+        job = Job(request, stream, ids, time.perf_counter(), TextAssembler(self.tokenizer, stops), stop_ids)
         with self._cond:
             if self._closed:
                 raise RuntimeError("backend is closed")
@@ -280,7 +281,7 @@ class SlotEngine(Backend):
         job = self._running[row]
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
-        if token in self.eos_ids or token in job.stop_ids:
+        if token in job.stop_ids or (token in self.eos_ids and not job.request.params.ignore_eos):
             job.hit_eos = True
             self._retire(row, "stop")
             return

@@ -47,6 +47,10 @@ class Stream:
     def finished(self) -> bool:
         return self._done.is_set()
 
+    def buffered(self) -> int:
+        """Events pushed and not yet read (approximate while the producer runs)."""
+        return self._queue.qsize()
+
     # -- consumer side -------------------------------------------------------------------
     def cancel(self) -> None:
         """Ask the backend to stop; it finishes with reason "cancelled" at its next step."""

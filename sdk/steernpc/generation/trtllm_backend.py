@@ -286,6 +286,9 @@ class TrtllmBackend(Backend):
             kwargs["repetition_penalty"] = p.repetition_penalty
         if p.seed is not None:
             kwargs["seed"] = int(p.seed)
+        if p.ignore_eos:
+            kwargs["ignore_eos"] = True
+            return self.api.SamplingParams(**kwargs)
         if request.stop:
             kwargs["stop"] = list(request.stop)
         stop_ids = sorted({self._special[s] for s in request.stop if s in self._special} | (self.eos_ids - {self.tokenizer.eos_token_id}))

@@ -268,6 +268,8 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             options = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k}
             if o.seed:
                 options["seed"] = o.seed
+            if o.ignore_eos:
+                options["ignore_eos"] = True
             try:
                 turn = prepare_turn(
                     persona, self.fmt, backend.tokenizer, session.window(backend.count_tokens, self.history_tokens, step=HISTORY_STEP),

@@ -37,6 +37,7 @@ SAMPLING_FIELDS = {
     "min_p", "logprobs", "prompt_logprobs", "return_context_logits", "return_generation_logits",
     "exclude_input_from_output", "return_encoder_output", "return_perf_metrics", "detokenize",
     "add_special_tokens", "truncate_prompt_tokens", "skip_special_tokens", "spaces_between_special_tokens",
+    "ignore_eos",
 }  # fmt: skip
 
 # LLM() keyword arguments this stand-in accepts (TorchLlmArgs fields the backend may pass).
@@ -62,6 +63,7 @@ class SamplingParams:
         self.stop_token_ids = None
         self.end_id = None
         self.repetition_penalty = None
+        self.ignore_eos = False
         for key, value in kwargs.items():
             setattr(self, key, value)
 
@@ -164,7 +166,7 @@ class LLM:
 
         generator = torch.Generator().manual_seed(int(sp.seed)) if sp.seed is not None else None
         stops = [s for s in ([sp.stop] if isinstance(sp.stop, str) else (sp.stop or [])) if s]
-        stop_ids = set(sp.stop_token_ids or []) | ({sp.end_id} if sp.end_id is not None else set())
+        stop_ids = set(sp.stop_token_ids or []) | ({sp.end_id} if sp.end_id is not None and not sp.ignore_eos else set())
         out: list[int] = []
         past = None
         inputs = torch.tensor([ids])
