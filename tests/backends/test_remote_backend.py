@@ -150,7 +150,7 @@ def test_cancel_closes_the_http_stream(scripted):
     scripted.delay = 0.02
     backend = RemoteBackend(url=scripted.url)
     try:
-        stream = backend.submit(req(n=10_000))
+        stream = backend.submit(req(n=4096))
         for event in stream:
             stream.cancel()
             break
@@ -205,19 +205,25 @@ def test_text_stops_hold_back_partial_stops_and_whitespace():
     assert plain.feed("a ") + plain.feed("b\n") + plain.finish() == "a b" == plain.text
 
 
-def test_llama_cpp_server_stops_generating_on_cancel(llama_server):
-    """After a cancel the server is free again at once: it noticed the closed stream."""
-    backend = RemoteBackend(url=llama_server)
+def test_llama_cpp_server_stops_generating_on_cancel(llama_server_process):
+    """After a cancel the server stops that reply (its log says so) and serves the next one."""
+    log = llama_server_process.log
+    noticed = "Disconnected from client"  # llama_cpp.server prints this when it drops a stream
+    before = log.read_text().count(noticed)
+    backend = RemoteBackend(url=llama_server_process.url)
     try:
         count = "<|im_start|>user\nCount from 1 to 2000 with commas.<|im_end|>\n<|im_start|>assistant\n"
-        stream = backend.submit(req(count, n=1500, temperature=0.0))
+        stream = backend.submit(req(count, n=1500, temperature=0.0, ignore_eos=True))
         for event in stream:
             stream.cancel()
             break
-        assert stream.result(timeout=5).reason == "cancelled"
-        started = time.perf_counter()
+        final = stream.result(timeout=60)
+        assert final.reason == "cancelled" and final.completion_tokens < 1500
+        deadline = time.monotonic() + 120
+        while log.read_text().count(noticed) == before:
+            assert time.monotonic() < deadline, f"the server never dropped the cancelled stream; see {log}"
+            time.sleep(0.05)
         short = backend.generate([req("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", n=3, temperature=0.0)])[0]
-        assert short.reason in ("length", "stop")
-        assert time.perf_counter() - started < 5.0, "the cancelled request kept the server busy"
+        assert short.reason in ("length", "stop") and short.completion_tokens >= 1
     finally:
         backend.close()

@@ -32,6 +32,15 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from steernpc_train.data import read_conversations
+    from steernpc_train.data_stats import collect, render
+
+    stats = collect(conv for path in args.input for conv in read_conversations(path, args.from_fmt, skip_bad=args.skip_bad))
+    print(render(stats))
+    return 0
+
+
 # -- train ------------------------------------------------------------------------------------
 
 def cmd_train_apm(args: argparse.Namespace) -> int:
@@ -163,7 +172,7 @@ def _add_sft_arguments(p: argparse.ArgumentParser, bootstrap: bool = False) -> N
 def register(sub: argparse._SubParsersAction) -> None:
     read_formats, write_formats = _data_formats()
 
-    data = sub.add_parser("data", help="dataset conversion").add_subparsers(dest="data_command", metavar="ACTION")
+    data = sub.add_parser("data", help="dataset conversion and statistics").add_subparsers(dest="data_command", metavar="ACTION")
     data.required = True
     p = data.add_parser("convert", help="convert between NeMo SteerLM, regression, npc, HelpSteer, OASST, chitchat")
     p.add_argument("--from", dest="from_fmt", default="auto", choices=("auto",) + tuple(read_formats))
@@ -174,6 +183,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="input file ('chitchat' = the installed chitchat-dataset)")
     p.add_argument("output")
     p.set_defaults(func=cmd_data_convert)
+    p = data.add_parser("stats", help="counts per attribute level, persona, category, emotion and action; length per verbosity; duplicates")
+    p.add_argument("--from", dest="from_fmt", default="auto", choices=("auto",) + tuple(read_formats))
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines instead of failing")
+    p.add_argument("input", nargs="+", help="one or more dialogue files (e.g. samples/corpus/dialogue/*.jsonl)")
+    p.set_defaults(func=cmd_data_stats)
 
     train = sub.add_parser("train", help="SteerLM training: apm (step 1), sft (step 3), bootstrap (step 4)").add_subparsers(dest="train_command", metavar="STEP")
     train.required = True

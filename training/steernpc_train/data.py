@@ -12,9 +12,9 @@ name           read  write  shape (one JSON object per line unless noted)
 ``regression`` yes   yes    NeMo APM regression: {"text": <NeMo prompt up to and including the
                             reply> + "<extra_id_2>", "label": [floats in schema order, -100 =
                             missing]}
-``npc``        yes   yes    SteerNPC dialogue: {"id"?, "character"?, "system"?, "turns": [{"user",
-                            "reply", "labels"?: {name: int} or "a:1,b:2"}]}; other keys (e.g. the
-                            corpus generator's "style") are ignored
+``npc``        yes   yes    SteerNPC dialogue: {"id"?, "character"?, "category"?, "system"?,
+                            "turns": [{"user", "reply", "labels"?: {name: int} or "a:1,b:2",
+                            "emotion"?, "action"?: {"name", "args"}}]}; other keys are ignored
 ``helpsteer``  yes   yes    HelpSteer / HelpSteer2 rows: {"prompt", "response", "helpfulness",
                             "correctness", "coherence", "complexity", "verbosity"}; HelpSteer2's
                             multi-turn prompts use "<extra_id_1>" separators
@@ -75,6 +75,8 @@ class Turn:
     reply: str | None = None
     labels: dict[str, int] | None = None
     user_label: str | None = None
+    emotion: str | None = None  # npc format: the emotion the reply shows (samples/corpus/RUBRIC.md)
+    action: dict | None = None  # npc format: {"name", "args"} of the action the reply takes
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Conversation:
     id: str | None = None
     weight: float | None = None  # SteerLM 2.0 sample weight (bootstrap), optional
     source: tuple[str, int] = ("", 0)  # (file, line) it was read from
+    category: str | None = None  # npc format: the player line's category (greetings, threats, ...)
 
     def exchanges(self, upto: int | None = None) -> list[Exchange]:
         turns = self.turns if upto is None else self.turns[: upto + 1]
@@ -255,9 +258,17 @@ def parse_npc(obj: Any, file: str, line: int) -> Conversation:
                     raise DataError(file, line, f"{where}labels.{k} = {v!r} must be an integer")
         elif labels is not None:
             raise DataError(file, line, f"{where}labels must be {{name: int}} or 'name:int,...'")
-        turns.append(Turn(user, reply, dict(labels) if labels else None))
+        emotion, action = t.get("emotion"), t.get("action")
+        if emotion is not None and not isinstance(emotion, str):
+            raise DataError(file, line, f"{where}emotion must be a string")
+        if action is not None and not (isinstance(action, dict) and isinstance(action.get("name"), str)):
+            raise DataError(file, line, f"{where}action must be {{\"name\": str, \"args\": {{...}}}}")
+        turns.append(Turn(user, reply, dict(labels) if labels else None, emotion=emotion, action=action))
+    category = obj.get("category")
+    if category is not None and not isinstance(category, str):
+        raise DataError(file, line, "'category' must be a string")
     return Conversation(turns, system=obj.get("system"), character=obj.get("character"), id=obj.get("id"),
-                        weight=obj.get("weight"), source=(file, line))
+                        weight=obj.get("weight"), source=(file, line), category=category)
 
 
 def to_npc(conv: Conversation) -> dict:
@@ -266,6 +277,8 @@ def to_npc(conv: Conversation) -> dict:
         out["id"] = conv.id
     if conv.character is not None:
         out["character"] = conv.character
+    if conv.category is not None:
+        out["category"] = conv.category
     if conv.system is not None:
         out["system"] = conv.system
     turns = []
@@ -273,6 +286,10 @@ def to_npc(conv: Conversation) -> dict:
         item: dict[str, Any] = {"user": t.user, "reply": t.reply}
         if t.labels:
             item["labels"] = dict(t.labels)
+        if t.emotion is not None:
+            item["emotion"] = t.emotion
+        if t.action is not None:
+            item["action"] = t.action
         turns.append(item)
     out["turns"] = turns
     if conv.weight is not None:

@@ -28,6 +28,10 @@ class TextStops:
         if cut >= 0:
             self.stopped = True
             return text[:cut].rstrip()
+        return self._without_partial_stop(text)
+
+    def _without_partial_stop(self, text: str) -> str:
+        """`text` less a trailing start of a stop string ("... <extra_"), and whitespace."""
         hold = 0
         for s in self.stop:
             for n in range(min(len(s) - 1, len(text)), 0, -1):
@@ -48,7 +52,9 @@ class TextStops:
     def finish(self) -> str:
         if self.stopped:
             return ""
-        text = self.raw.strip()
+        # A reply cut by the token limit in the middle of a stop marker ("... <extra_") ends
+        # before the marker: the fragment is never text a player should see.
+        text = self._without_partial_stop(self.raw.strip())
         delta = text[len(self.text) :] if text.startswith(self.text) else ""
         self.text += delta
         return delta
