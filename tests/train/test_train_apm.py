@@ -162,3 +162,20 @@ def test_annotate_cli_with_real_apm(train_data, tiny_encoder_dir, tmp_path):
             if msg["from"] == "Assistant":
                 vec = schema.decode(msg["label"])  # every attribute, in range
                 assert list(vec) == schema.names
+
+
+def test_eval_files_replace_the_random_split(train_data, tiny_encoder_dir, tmp_path):
+    """--eval: the held-out metrics come from other files (other personas), all records train."""
+    lines = (train_data / "npc.jsonl").read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:-2]) + "\n")
+    (tmp_path / "heldout.jsonl").write_text("\n".join(lines[-2:]) + "\n")
+    cfg = A.APMConfig(schema="npc", backbone=str(tiny_encoder_dir), epochs=1, batch_size=4, holdout=0.5,
+                      eval_data=(str(tmp_path / "heldout.jsonl"),))  # fmt: skip
+    meta = A.train_apm(cfg, [tmp_path / "train.jsonl"], tmp_path / "apm")
+    def labelled(rows):
+        return sum(1 for line in rows for t in json.loads(line)["turns"] if t.get("labels") and t.get("reply"))
+
+    held = labelled(lines[-2:])
+    assert meta["heldout_examples"] == held and meta["heldout_from"] == [str(tmp_path / "heldout.jsonl")]
+    assert held > 0 and meta["train_examples"] == labelled(lines[:-2])
+    assert all(m["n"] == held and "mae_baseline" in m for m in meta["heldout_metrics"].values())

@@ -145,6 +145,9 @@ class APMConfig:
     weight_decay: float = 0.01
     warmup: float = 0.05
     holdout: float = 0.1
+    # Held-out files (e.g. replies of personas that are not in the training data); when
+    # given they are the evaluation set and replace the random `holdout` split.
+    eval_data: tuple[str, ...] = ()
     max_examples: int = 0  # 0 = all
     freeze_backbone: bool = False
     seed: int = 0
@@ -304,20 +307,27 @@ def train_apm(cfg: APMConfig, data: Sequence[str | os.PathLike], out: str | os.P
         raise ValueError(f"input must be one of {', '.join(INPUT_MODES)}")
     from steernpc_train.data import ReadStats
 
-    rstats = ReadStats()
-    examples: list[RegressionExample] = []
-    for path in data:
-        examples.extend(read_regression(path, schema, cfg.data_format, cfg.skip_bad, rstats))
-    if rstats.skipped:
-        log(f"skipped {rstats.skipped} bad record(s); first: {rstats.first_errors[0]}")
-    if cfg.input == "reply":
-        examples = [RegressionExample(parse_nemo_context(e.text)[1][-1].reply or "", e.label, e.source) for e in examples]
+    def read(paths: Sequence[str | os.PathLike]) -> list[RegressionExample]:
+        rstats = ReadStats()
+        found: list[RegressionExample] = []
+        for path in paths:
+            found.extend(read_regression(path, schema, cfg.data_format, cfg.skip_bad, rstats))
+        if rstats.skipped:
+            log(f"skipped {rstats.skipped} bad record(s); first: {rstats.first_errors[0]}")
+        if cfg.input == "reply":
+            found = [RegressionExample(parse_nemo_context(e.text)[1][-1].reply or "", e.label, e.source) for e in found]
+        return found
+
+    examples = read(data)
     if not examples:
         raise ValueError("no labelled examples in the APM training data")
     if cfg.max_examples and len(examples) > cfg.max_examples:
         rng = random.Random(cfg.seed)
         examples = rng.sample(examples, cfg.max_examples)
-    train, test = _split(examples, cfg.holdout, cfg.seed)
+    if cfg.eval_data:
+        train, test = examples, read(cfg.eval_data)
+    else:
+        train, test = _split(examples, cfg.holdout, cfg.seed)
     trained = [n for j, n in enumerate(schema.names) if any(e.label[j] != MISSING for e in train)]
     untrained = [n for n in schema.names if n not in trained]
     log(f"APM: {len(train)} train / {len(test)} held-out examples; attributes with labels: {', '.join(trained)}"
@@ -436,6 +446,7 @@ def train_apm(cfg: APMConfig, data: Sequence[str | os.PathLike], out: str | os.P
         "backbone_source": str(path),
         "train_examples": len(train),
         "heldout_examples": len(test),
+        "heldout_from": list(cfg.eval_data) or f"a random {cfg.holdout:.0%} of the records",
         "train_seconds": round(train_seconds, 1),
         "steps": total,
         "config": asdict(cfg),

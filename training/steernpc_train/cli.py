@@ -48,7 +48,7 @@ def cmd_train_apm(args: argparse.Namespace) -> int:
 
     cfg = APMConfig(schema=args.schema, backbone=args.backbone, pooling=args.pooling, input=args.input,
                     max_length=args.max_length, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    head_lr=args.head_lr, holdout=args.holdout, max_examples=args.max_examples,
+                    head_lr=args.head_lr, holdout=args.holdout, eval_data=tuple(args.eval or ()), max_examples=args.max_examples,
                     freeze_backbone=args.freeze_backbone, seed=args.seed, data_format=args.data_format,
                     skip_bad=args.skip_bad)
     meta = train_apm(cfg, args.data, args.out)
@@ -205,6 +205,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=3e-5, help="backbone learning rate")
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--holdout", type=float, default=0.1, help="held-out fraction (split by record)")
+    p.add_argument("--eval", nargs="+", default=None, metavar="FILE", help="held-out files to evaluate on (e.g. other personas), instead of --holdout")
     p.add_argument("--max-examples", type=int, default=0)
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only (features computed once)")
     p.add_argument("--seed", type=int, default=0)
