@@ -64,7 +64,8 @@ def _sft_config(args: argparse.Namespace, **over):
         format=getattr(args, "format", None) or "chat", schema=args.schema,
         data_format=getattr(args, "data_format", "auto"), personas=args.personas or [], system=args.system,
         history=args.history, fill_missing=args.fill_missing, skip_bad=args.skip_bad, max_examples=args.max_examples,
-        end_weight=args.end_weight,
+        end_weight=args.end_weight, share_prefix=args.share_prefix, contrast_weight=args.contrast_weight,
+        contrast_beta=args.contrast_beta,
         lora=args.lora or 16, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, full=args.full,
         init_adapter=getattr(args, "init_adapter", None), max_length=args.max_length, packing=not args.no_packing,
         micro_batch=args.micro_batch, grad_accum=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps,
@@ -140,6 +141,13 @@ def _add_sft_arguments(p: argparse.ArgumentParser, bootstrap: bool = False) -> N
     g.add_argument("--end-weight", type=float, default=1.0,
                    help="loss weight of each reply's end-of-turn marker (default 1: plain SFT); >1 teaches "
                         "*when* to stop, which is what verbosity labels steer")
+    g.add_argument("--share-prefix", action="store_true",
+                   help="nemo: the replies of a contrast set (one persona, one player line) share one prefix "
+                        "in one example: the card is computed once per set instead of once per reply")
+    g.add_argument("--contrast-weight", type=float, default=0.0,
+                   help="weight of the label-contrast term (implies --share-prefix; 0 = off): each reply must be "
+                        "likelier under its own labels than with one attribute moved two or more levels")
+    g.add_argument("--contrast-beta", type=float, default=0.5, help="sharpness of the label-contrast term")
     g = p.add_argument_group("model")
     kind = g.add_mutually_exclusive_group()
     kind.add_argument("--lora", type=int, default=None, metavar="R", help="LoRA rank on all linear projections (default 16)")

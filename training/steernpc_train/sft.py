@@ -79,9 +79,16 @@ class Example:
     labels: list[int]  # HF convention: labels[i] == input_ids[i] where token i is trained, else -100
     weight: float = 1.0
     token_weights: list[float] | None = None  # per token (aligned with labels); None = all 1
+    # Shared-prefix examples (contrast_sets.py), all per token and None elsewhere:
+    segments: list[int] | None = None  # 0 = the shared prefix (seen by every segment), k = segment k (sees the prefix and itself)
+    positions: list[int] | None = None  # each segment's positions continue from the end of the prefix
+    pair: list[int] | None = None  # the label-contrast pair a reply token belongs to, -1 = none
+    side: list[int] | None = None  # +1 the reply under its own labels, -1 under contrast labels (no SFT loss), 0 = neither
 
     @property
     def n_trained(self) -> int:
+        if self.side is not None:
+            return sum(1 for v, s in zip(self.labels, self.side) if v != IGNORE and s >= 0)
         return sum(1 for v in self.labels if v != IGNORE)
 
 
@@ -307,30 +314,59 @@ class Plan:
 
 def collate(rows: Sequence[Sequence[Example]], pad_id: int) -> dict:
     """Rows of packed examples -> tensors: input_ids, position_ids (restart per example),
-    targets (labels shifted per example; -100 elsewhere), weights (per target token)."""
+    targets (labels shifted per example; -100 elsewhere), weights (per target token).
+
+    With shared-prefix examples in the batch it also returns `attention_mask`, a 4D boolean
+    mask (causal, within one example, a segment sees only the prefix and itself), and
+    `pair` / `side` per target token for the label-contrast term."""
     import torch
 
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    tgt = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    wts = torch.zeros((len(rows), width), dtype=torch.float32)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    pos = torch.zeros(shape, dtype=torch.long)
+    tgt = torch.full(shape, IGNORE, dtype=torch.long)
+    wts = torch.zeros(shape, dtype=torch.float32)
+    structured = any(ex.segments is not None for row in rows for ex in row)
+    owner = torch.zeros(shape, dtype=torch.long)  # which example of the row a token belongs to
+    seg = torch.zeros(shape, dtype=torch.long)
+    pair = torch.full(shape, -1, dtype=torch.long)
+    side = torch.zeros(shape, dtype=torch.long)
+    pairs_so_far = 0
     for r, row in enumerate(rows):
         at = 0
-        for ex in row:
+        for k, ex in enumerate(row):
             n = len(ex.input_ids)
             ids[r, at:at + n] = torch.tensor(ex.input_ids)
-            pos[r, at:at + n] = torch.arange(n)
+            pos[r, at:at + n] = torch.tensor(ex.positions) if ex.positions is not None else torch.arange(n)
             shifted = ex.labels[1:] + [IGNORE]
             tgt[r, at:at + n] = torch.tensor(shifted)
             if ex.token_weights is None:
                 wts[r, at:at + n] = ex.weight
             else:  # position i predicts token i + 1
                 wts[r, at:at + n] = ex.weight * torch.tensor(ex.token_weights[1:] + [0.0])
+            owner[r, at:at + n] = k + 1
+            if ex.segments is not None:
+                seg[r, at:at + n] = torch.tensor(ex.segments)
+            if ex.side is not None:  # shifted like the labels: target i is token i + 1
+                side[r, at:at + n] = torch.tensor(ex.side[1:] + [0])
+                shifted_pair = torch.tensor(ex.pair[1:] + [-1])
+                pair[r, at:at + n] = torch.where(shifted_pair >= 0, shifted_pair + pairs_so_far, shifted_pair)
+                pairs_so_far += max(ex.pair) + 1
+                wts[r, at:at + n] *= (side[r, at:at + n] >= 0).float()  # contrast tokens get no SFT loss
             at += n
         if at < width:  # padding is one more "example" that nothing attends into
             pos[r, at:] = torch.arange(width - at)
-    return {"input_ids": ids, "position_ids": pos, "targets": tgt, "weights": wts}
+            owner[r, at:] = len(row) + 1
+    batch = {"input_ids": ids, "position_ids": pos, "targets": tgt, "weights": wts}
+    if structured:
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        same = owner.unsqueeze(-1) == owner.unsqueeze(-2)
+        visible = (seg.unsqueeze(-2) == 0) | (seg.unsqueeze(-1) == seg.unsqueeze(-2))
+        batch["attention_mask"] = (same & causal & visible).unsqueeze(1)
+    if pairs_so_far:
+        batch["pair"], batch["side"] = pair, side
+    return batch
 
 
 def packed_attention_supported() -> bool:
@@ -361,7 +397,9 @@ def forward_kwargs(batch: dict, dtype: Any = None) -> dict:
 
     # no KV cache: transformers only derives the packed mask from position_ids without one
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    if not packed_attention_supported():
+    if "attention_mask" in batch:  # shared-prefix examples: the mask collate() built
+        kwargs["attention_mask"] = batch["attention_mask"]
+    elif not packed_attention_supported():
         kwargs["attention_mask"] = block_causal_mask(batch["position_ids"], dtype or torch.float32)
     return kwargs
 
@@ -372,11 +410,18 @@ def _torch_loss_module():
 
     class CausalLMLoss(nn.Module):
         """Wraps a causal LM: forward returns the summed weighted token CE and the number of
-        trained tokens. Computes the vocabulary projection only where a target exists."""
+        trained tokens. Computes the vocabulary projection only where a target exists.
 
-        def __init__(self, model: Any):
+        With `pair`/`side` (shared-prefix label-contrast examples) it adds, per pair, the
+        DPO-style term softplus(-beta * (log p(y|a) - log p(y|a'))) weighted by the reply's
+        length and `contrast_weight`: a reply must be likelier under its own labels a than
+        under contrast labels a', which the plain SFT loss never asks for."""
+
+        def __init__(self, model: Any, contrast_weight: float = 0.0, contrast_beta: float = 0.5):
             super().__init__()
             self.model = model
+            self.contrast_weight = contrast_weight
+            self.contrast_beta = contrast_beta
 
         def _parts(self):
             lm = self.model
@@ -384,15 +429,35 @@ def _torch_loss_module():
                 lm = lm.get_base_model()
             return lm.get_decoder(), lm.get_output_embeddings()
 
-        def forward(self, input_ids, position_ids, targets, weights, attention_mask=None):
+        def forward(self, input_ids, position_ids, targets, weights, attention_mask=None, pair=None, side=None):
             decoder, head = self._parts()
             hidden = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
             keep = targets != IGNORE
             logits = head(hidden[keep]).float()
             ce = nn.functional.cross_entropy(logits, targets[keep], reduction="none")
-            return (ce * weights[keep]).sum(), keep.sum()
+            total = (ce * weights[keep]).sum()
+            if pair is not None and self.contrast_weight:
+                total = total + self.contrast_weight * contrast_term(ce, pair[keep], side[keep], self.contrast_beta)
+            return total, keep.sum()
 
     return CausalLMLoss
+
+
+def contrast_term(ce: Any, pair: Any, side: Any, beta: float) -> Any:
+    """Sum over pairs of len(y) * softplus(-beta * (log p(y|a) - log p(y|a'))), from the
+    per-token CE of each pair's own-label (+1) and contrast-label (-1) reply tokens."""
+    import torch
+
+    counted = pair >= 0
+    if not bool(counted.any()):
+        return ce.sum() * 0.0
+    n = int(pair[counted].max()) + 1
+    own, other = counted & (side > 0), counted & (side < 0)
+    nll_own = torch.zeros(n, dtype=ce.dtype, device=ce.device).index_add(0, pair[own], ce[own])
+    nll_other = torch.zeros(n, dtype=ce.dtype, device=ce.device).index_add(0, pair[other], ce[other])
+    length = torch.zeros(n, dtype=ce.dtype, device=ce.device).index_add(0, pair[own], torch.ones_like(ce[own]))
+    margin = nll_other - nll_own  # = log p(y|a) - log p(y|a')
+    return (torch.nn.functional.softplus(-beta * margin) * length).sum()
 
 
 # -- 4. training ------------------------------------------------------------------------------
@@ -412,6 +477,9 @@ class SFTConfig:
     skip_bad: bool = False
     max_examples: int = 0
     end_weight: float = 1.0  # loss weight of each reply's end-of-turn marker (1 = plain SFT)
+    share_prefix: bool = False  # nemo: a contrast set's replies share one prefix (contrast_sets.py)
+    contrast_weight: float = 0.0  # label-contrast term (implies share_prefix); 0 = off
+    contrast_beta: float = 0.5
     lora: int = 16  # LoRA rank; ignored with full=True
     lora_alpha: int = 0  # 0 = 2 * rank
     lora_dropout: float = 0.05
@@ -467,7 +535,14 @@ def build_examples(cfg: SFTConfig, tokenizer: Any, schema: AttributeSchema) -> t
                 continue
             good.append(conv)
     builder.filled = 0
-    examples = builder.build_many(good)
+    examples = []
+    if cfg.share_prefix or cfg.contrast_weight:
+        from steernpc_train.contrast_sets import build_set_examples
+
+        examples, good = build_set_examples(builder, good, contrast=cfg.contrast_weight > 0, seed=cfg.seed)
+        log(f"{len(examples)} shared-prefix example(s) from contrast sets"
+            + (" with label-contrast segments" if cfg.contrast_weight else ""))
+    examples += builder.build_many(good)
     if stats.skipped:
         log(f"skipped {stats.skipped} bad record(s); first: {stats.first_errors[0]}")
     if builder.dropped:
@@ -733,7 +808,7 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(total, int(total * cfg.warmup), cfg.min_lr))
 
-    loss_module = _torch_loss_module()(model)
+    loss_module = _torch_loss_module()(model, cfg.contrast_weight, cfg.contrast_beta)
     wrapped = loss_module
     if dist_.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -788,7 +863,8 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
             with ctx:
                 with autocast():
                     kwargs = forward_kwargs(batch)
-                    loss_sum, _ = wrapped(kwargs["input_ids"], kwargs["position_ids"], batch["targets"], batch["weights"], kwargs.get("attention_mask"))
+                    loss_sum, _ = wrapped(kwargs["input_ids"], kwargs["position_ids"], batch["targets"], batch["weights"],
+                                          kwargs.get("attention_mask"), batch.get("pair"), batch.get("side"))
                 loss = loss_sum / step_targets * dist_.world
                 loss.backward()
             step_loss += loss_sum.detach().double().cpu() / step_targets
