@@ -31,6 +31,9 @@
 #include <process.h>
 static int getpid_portable() { return _getpid(); }
 #else
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 static int getpid_portable() { return static_cast<int>(getpid()); }
 #endif
@@ -328,9 +331,7 @@ void TestSayStreams() {
   npc_say_options o{};
   o.max_new_tokens = 16;
   npc_request_id id = npc_say_ex(c, session.c_str(), "Hello there, smith. What do you sell?", &o);
-  double say_ms = MsSince(t0);
   CHECK(id > 0);
-  CHECK(say_ms < 50);  // npc_say does not wait for the network
   CHECK_EQ(npc_pending(c), 1);
   double first_ms = -1;
   Reply r = Collect(c, id, 60000, [&](const Reply& partial) {
@@ -356,6 +357,40 @@ void TestSayStreams() {
   CHECK(npc_session_get(c, session.c_str(), json, sizeof json) > 0);
   CHECK(std::strstr(json, "\"turns\":2") != nullptr);
   std::printf("%zu deltas, first after %.1f ms, attributes %s\n", r.deltas.size(), first_ms, r.attributes.c_str());
+}
+
+// npc_say only hands the request to the core's thread. Checked against a server that accepts
+// the connection and never answers: a call that waited for the server would never return (and
+// ctest's timeout would fail the test), so no clock is read.
+void TestSayDoesNotBlock() {
+#ifdef _WIN32
+  std::printf("skipped on Windows (uses POSIX sockets)\n");
+#else
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  CHECK(listen(fd, 8) == 0);  // the kernel completes the handshake; nothing ever speaks HTTP/2
+  socklen_t len = sizeof addr;
+  CHECK(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  std::string target = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  npc_client_options o{};
+  o.target = target.c_str();
+  o.default_deadline_ms = 600000;
+  o.say_deadline_ms = 600000;
+  {
+    ClientPtr c(npc_client_create(&o));
+    CHECK(c != nullptr);
+    npc_say_options so{};
+    so.max_new_tokens = 4;
+    npc_request_id id = npc_say_ex(c, "any-session", "Hello?", &so);
+    CHECK(id > 0);
+    CHECK_EQ(npc_pending(c), 1);
+  }  // destroying the client cancels the pending call
+  close(fd);
+#endif
 }
 
 void TestSteer() {
@@ -429,8 +464,9 @@ void TestCancel() {
   ExpectDone(r);
   CHECK_EQ(r.finish_reason, static_cast<int>(NPC_FINISH_CANCELLED));
   CHECK(r.joined().rfind(r.text, 0) == 0 || r.text.rfind(r.joined(), 0) == 0);
+  // the reply ended because of the cancel, long before its 4000 tokens (counted, not timed)
   std::printf("cancelled after %zu deltas; done %.1f ms after npc_cancel\n", r.deltas.size(), MsSince(cancel_at));
-  CHECK(MsSince(cancel_at) < 5000);
+  CHECK(r.deltas.size() < 4000);
   CHECK_EQ(npc_cancel(c, id), -5);
   // The session still works.
   ExpectDone(SayAndCollect(c, session, "Short answer please."));
@@ -606,13 +642,14 @@ void TestServerDown() {
     std::printf("needs STEERNPC_TEST_CONTROL_DIR (run through tests/test_native_bridge.py); skipped\n");
     std::exit(77);
   }
-  ClientPtr c(NewClient());
+  // a 10-minute deadline: a call that waited for it instead of failing fast would hang the
+  // test (ctest's timeout fails it), so "fails fast" needs no clock
+  ClientPtr c(NewClient(ApiKey(), 600000));
   std::string session = CreateSession(c);
   Control("stop");
   char buf[256];
   auto t0 = Clock::now();
   CHECK_EQ(npc_list_characters(c, buf, sizeof buf), -14);
-  CHECK(MsSince(t0) < 5000);  // fails fast, not after the deadline
   std::printf("UNAVAILABLE after %.0f ms: %s\n", MsSince(t0), npc_last_error());
   CHECK(std::strstr(npc_last_error(), "unavailable") != nullptr);
   CHECK_EQ(npc_session_create(c, Character().c_str(), buf, sizeof buf), -14);
@@ -703,6 +740,7 @@ const Case kCases[] = {
     {"list_characters", TestListCharacters},
     {"create_session", TestCreateSession},
     {"say_streams_deltas_then_done", TestSayStreams},
+    {"say_does_not_block", TestSayDoesNotBlock},
     {"steer_applies_attributes", TestSteer},
     {"per_reply_overrides", TestPerReplyOverrides},
     {"cancel_mid_reply", TestCancel},

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The sample model from the project's hand-written NPC corpus (samples/corpus), on CPU.
+# Every step resumes where it stopped (run the same command again); progress bars on each.
+#
+#   samples/pipeline/corpus_model.sh [WORK_DIR]        (default runs/corpus)
+#   SFT_STEPS=600 samples/pipeline/corpus_model.sh      (a longer SFT; default 1 epoch)
+#
+# 1. APM on the corpus, evaluated on the 8 held-out personas (never in its training data)
+# 3. LoRA SFT in the nemo format: each contrast set shares one prefix, and every reply is
+#    also scored under labels with one attribute moved (the label-contrast term)
+# -> steerability report: held-out personas x held-out lines, every attribute swept 0..4,
+#    sampled with several seeds; the untuned base as the baseline row
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+W=${1:-runs/corpus}
+mkdir -p "$W"
+C=samples/corpus
+SCHEMA=samples/attributes/npc.yaml
+
+echo "== step 1: APM on the corpus replies, held out by persona"
+[ -f "$W/apm/apm.json" ] || steernpc train apm --schema $SCHEMA --data $C/dialogue/*.jsonl --eval $C/eval/*.jsonl \
+  --input reply --epochs 4 --max-length 96 --batch-size 32 --out "$W/apm"
+
+echo "== step 3: attribute-conditioned LoRA SFT with shared prefixes and the label-contrast term"
+steernpc train sft --base smollm2 --format nemo --schema $SCHEMA --personas $C/personas/train --data $C/dialogue/*.jsonl \
+  --contrast-weight 1.0 --end-weight 3 --lora 32 --max-length 1280 --micro-batch 1 --grad-accum 8 \
+  ${SFT_STEPS:+--max-steps $SFT_STEPS} --epochs 1 --precision bf16 --lr 6e-4 --save-minutes 10 --out "$W/sft"
+
+echo "== steerability on held-out personas x held-out lines (sampled, 2 seeds), and the untuned base"
+for model in sft base; do
+  adapter=(--adapter "$W/$model"); [ $model = base ] && adapter=(--format nemo)
+  [ -f "$W/report_$model/report.json" ] || steernpc eval steerability --model smollm2 "${adapter[@]}" --apm "$W/apm" \
+    --personas $C/personas/heldout --prompts $C/lines/heldout.txt --max-personas 8 --max-prompts 6 \
+    --temperature 0.7 --samples 2 --max-new-tokens 96 --batch-size 16 --out "$W/report_$model"
+done
