@@ -94,7 +94,12 @@ def test_report_numbers_come_from_generations(tiny_model_dir, world, apm_dir, on
     assert follow["attributes"]["verbosity"]["words"]["per_target"]["4"]["mean"] == pytest.approx(sum(means[4]) / len(means[4]))
     for r in verb:
         assert f"verbosity:{r['target']}" in json.dumps(r["attributes"]) or r["attributes"]["verbosity"] == r["target"]
+    # friendliness has a second measure that shares nothing with the APM: VADER sentiment
+    friendly = [r for r in rows if r["attribute"] == "friendliness"]
+    assert all(-1.0 <= r["sentiment"] <= 1.0 for r in friendly)
+    assert follow["attributes"]["friendliness"]["sentiment"]["n"] == len(friendly)
     out = world / "report-follow"
+    assert "(VADER)" in (out / "report.md").read_text()
     assert (out / "report.md").read_text().startswith("# Steerability report")
     assert "| verbosity |" in (out / "report.md").read_text()
     for name in schema.names:

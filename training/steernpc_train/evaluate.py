@@ -59,6 +59,18 @@ def words(text: str) -> int:
     return len(text.split())
 
 
+def sentiment_scorer():
+    """VADER's compound polarity (-1..1), a friendliness measure that shares nothing with the
+    APM (a hand-built lexicon; rho 0.60 against the corpus' own held-out labels); None
+    without the vaderSentiment package."""
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError:
+        return None
+    analyzer = SentimentIntensityAnalyzer()
+    return lambda text: analyzer.polarity_scores(text)["compound"]
+
+
 def summarize(targets: list[int], measured: list[float], levels: list[int]) -> dict:
     rho = st.spearman(targets, measured)
     per = {}
@@ -119,10 +131,13 @@ def steerability_report(cfg: SteerConfig) -> dict:
     replies = generate(model, tok, [j["prompt"] for j in jobs], fmt, cfg.max_new_tokens, cfg.temperature, 1.0,
                        cfg.seed, cfg.batch_size, progress="steerability")
     preds = apm.predict_exchanges([(j["system"], [Exchange(j["user"], r["text"])]) for j, r in zip(jobs, replies)])
+    sentiment = sentiment_scorer()
     with open(out / "generations.jsonl", "w", encoding="utf-8") as fh:
         for j, r, p in zip(jobs, replies, preds):
             j.update(reply=r["text"], tokens=r["tokens"], finish=r["finish"], words=words(r["text"]),
                      apm={k: round(v, 4) for k, v in p.items()})
+            if sentiment is not None:
+                j["sentiment"] = round(sentiment(r["text"]), 4)
             row = {k: v for k, v in j.items() if k not in ("system", "prompt")}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -137,6 +152,8 @@ def steerability_report(cfg: SteerConfig) -> dict:
             entry["apm"] = summarize(targets, [j["apm"][name] for j in rows], levels)
         if name == "verbosity":
             entry["words"] = summarize(targets, [float(j["words"]) for j in rows], levels)
+        if name == "friendliness" and sentiment is not None:
+            entry["sentiment"] = summarize(targets, [j["sentiment"] for j in rows], levels)
         entry["hit_token_limit"] = round(sum(j["finish"] == "length" for j in rows) / len(rows), 4)
         attributes[name] = entry
         _plot(out / "plots" / f"{name}.png", name, levels, rows, entry)
@@ -172,7 +189,9 @@ def markdown(report: dict) -> str:
         "",
         "Spearman's rho between the target and the measured value (1 = the model follows the target).",
         "",
-        "| attribute | n | rho (APM) | rho (words) | mean measured per target | hit token limit |",
+        "Independent of the APM: words for verbosity, VADER sentiment for friendliness.",
+        "",
+        "| attribute | n | rho (APM) | rho (independent) | mean measured per target | hit token limit |",
         "|---|---|---|---|---|---|",
     ]
     for name, e in report["attributes"].items():
@@ -181,7 +200,9 @@ def markdown(report: dict) -> str:
         if name == "verbosity" and e.get("words"):
             means += "; words " + ", ".join(f"{t}: {v['mean']:.1f}" for t, v in e["words"]["per_target"].items())
         n = (main or {}).get("n", 0)
-        lines.append(f"| {name} | {n} | {_rho_text(e.get('apm'))} | {_rho_text(e.get('words'))} | {means} | {e['hit_token_limit']:.0%} |")
+        independent = e.get("words") or e.get("sentiment")
+        kind = " (words)" if e.get("words") else " (VADER)" if e.get("sentiment") else ""
+        lines.append(f"| {name} | {n} | {_rho_text(e.get('apm'))} | {_rho_text(independent)}{kind} | {means} | {e['hit_token_limit']:.0%} |")
     lines += ["", "Plots: `plots/<attribute>.png`. Every generation: `generations.jsonl`.", ""]
     return "\n".join(lines)
 
@@ -192,13 +213,13 @@ def _plot(path: Path, name: str, levels: list[int], rows: list[dict], entry: dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(k, entry[k]) for k in ("apm", "words") if k in entry]
+    panels = [(k, entry[k]) for k in ("apm", "words", "sentiment") if k in entry]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (kind, summary) in zip(axes[0], panels):
         xs = [j["target"] for j in rows]
-        ys = [j["apm"][name] if kind == "apm" else j["words"] for j in rows]
+        ys = [j["apm"][name] if kind == "apm" else j[kind] for j in rows]
         jitter = [((i * 7919) % 13 - 6) / 60 for i in range(len(xs))]
         ax.scatter([x + d for x, d in zip(xs, jitter)], ys, s=10, alpha=0.4, label="replies")
         means = [summary["per_target"].get(str(t), {}).get("mean") for t in levels]
@@ -207,7 +228,7 @@ def _plot(path: Path, name: str, levels: list[int], rows: list[dict], entry: dic
             ax.plot(levels, levels, ":", color="gray", label="ideal")
         ax.set_xticks(levels)
         ax.set_xlabel(f"target {name}")
-        ax.set_ylabel("APM prediction" if kind == "apm" else "words")
+        ax.set_ylabel({"apm": "APM prediction", "words": "words", "sentiment": "VADER compound"}[kind])
         ax.set_title(f"{name}: rho = {summary['spearman']:+.2f}" + (" (constant)" if summary["constant"] else ""))
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
