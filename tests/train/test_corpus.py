@@ -111,3 +111,20 @@ def test_design_is_reproducible(tmp_path):
     design.main()
     for task in (CORPUS / "tasks").glob("*.json"):
         assert json.loads((tmp_path / "tasks" / task.name).read_text()) == json.loads(task.read_text()), task.name
+
+
+def test_converts_to_nemo_with_each_personas_card(tmp_path):
+    from steernpc_train.data import convert
+    from steernpc_train.sft import load_personas_dict, persona_system
+
+    personas = load_personas_dict([str(CORPUS / "personas" / "train")])
+    cards = {pid: persona_system(p) for pid, p in personas.items()}
+    convert(CORPUS / "dialogue" / "fort.jsonl", tmp_path / "fort.jsonl", "npc", "nemo", cards=cards)
+    source = [json.loads(line) for line in (CORPUS / "dialogue" / "fort.jsonl").read_text().splitlines()]
+    out = [json.loads(line) for line in (tmp_path / "fort.jsonl").read_text().splitlines()]
+    assert len(out) == len(source)
+    for src, rec in zip(source, out):
+        assert rec["system"] == cards[src["character"]]
+        replies = [c for c in rec["conversations"] if c["from"] == "Assistant"]
+        assert [r["value"] for r in replies] == [t["reply"] for t in src["turns"]]
+        assert replies[0]["label"].startswith("humor:")

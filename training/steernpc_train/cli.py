@@ -25,7 +25,12 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     from steernpc_train.data import convert
 
     schema = AttributeSchema.load(args.schema) if args.schema else None
-    stats = convert(args.input, args.output, args.from_fmt, args.to_fmt, schema, args.skip_bad, args.limit)
+    cards = None
+    if args.personas:
+        from steernpc_train.sft import load_personas_dict, persona_system
+
+        cards = {pid: persona_system(p) for pid, p in load_personas_dict(args.personas).items()}
+    stats = convert(args.input, args.output, args.from_fmt, args.to_fmt, schema, args.skip_bad, args.limit, cards)
     print(f"wrote {args.output}: {stats.records} record(s) read", file=sys.stderr)
     if stats.skipped:
         print(f"skipped {stats.skipped} bad record(s); first: {stats.first_errors[0]}", file=sys.stderr)
@@ -188,6 +193,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schema", default=None, help="label order for the regression format (default nemo)")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines and report a count")
     p.add_argument("--limit", type=int, default=0, help="write only the first N records")
+    p.add_argument("--personas", nargs="+", default=None, metavar="PATH",
+                   help="persona files/folders: a record's `character` gets its persona card as system text")
     p.add_argument("input", help="input file ('chitchat' = the installed chitchat-dataset)")
     p.add_argument("output")
     p.set_defaults(func=cmd_data_convert)

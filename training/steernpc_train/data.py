@@ -662,9 +662,11 @@ def convert(
     schema: AttributeSchema | None = None,
     skip_bad: bool = False,
     limit: int = 0,
+    cards: dict[str, str] | None = None,
 ) -> ReadStats:
     """Convert `src` (format `from_fmt`, or "auto") into `dst` (format `to_fmt`); `limit`
-    keeps the first N output records."""
+    keeps the first N output records. `cards` (character id -> system text) gives records
+    that name a `character` and carry no system text their persona's card."""
     import itertools
 
     cap = (lambda it: itertools.islice(it, limit)) if limit else (lambda it: it)
@@ -679,5 +681,11 @@ def convert(
         return stats
     convs = read_conversations(src, from_fmt, schema or AttributeSchema.builtin("nemo"), skip_bad, stats)
     writer = {"nemo": to_nemo, "npc": to_npc, "helpsteer": to_helpsteer}[to_fmt]
-    write_jsonl(dst, cap(writer(c) for c in convs))
+
+    def with_card(conv: Conversation) -> Conversation:
+        if cards and conv.system is None and conv.character in cards:
+            conv.system = cards[conv.character]
+        return conv
+
+    write_jsonl(dst, cap(writer(with_card(c)) for c in convs))
     return stats
