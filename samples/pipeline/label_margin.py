@@ -78,10 +78,12 @@ def main(argv: list[str]) -> int:
             for r, (_, _, seq, _) in enumerate(batch):
                 ids[r, :len(seq)] = torch.tensor(seq)
                 mask[r, :len(seq)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+            # the vocabulary projection only where a reply token is predicted
+            hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
             for r, (i, name, seq, start) in enumerate(batch):
                 targets = torch.tensor(seq[start:])
-                logp[(i, name)] = float(logits[r, start - 1:len(seq) - 1].gather(-1, targets[:, None]).sum())
+                logits = model.get_output_embeddings()(hidden[r, start - 1:len(seq) - 1]).float().log_softmax(-1)
+                logp[(i, name)] = float(logits.gather(-1, targets[:, None]).sum())
             print(f"\r{min(k + args.batch_size, len(jobs))}/{len(jobs)} sequences", end="", file=sys.stderr)
     print(file=sys.stderr)
 
