@@ -141,8 +141,19 @@ def test_cancel_before_start(backend):
 
 
 def test_batch_of_several_requests(backend):
-    prompts = [chat("Hello there."), chat("Can you fix my sword? It broke on a troll."), STORY, chat("Hi", "Hm.", "Bye")]
-    singles = [run(backend, p, n=10) for p in prompts]
+    # llama.cpp's server reuses the KV cache of the longest prefix shared with the request
+    # before, and a reused prefix computes the next logits on another kernel path, so a
+    # greedy near-tie can flip with the order in which a batch happens to arrive. These
+    # prompts share no first token with each other or with the request before each run,
+    # so every one is computed from an empty cache in any order: the comparison is exact.
+    prompts = ["Hello there.", "Can you fix my sword? It broke on a troll.",
+               "Tell me a long story about the dragon of Emberfall mountain.", chat("Hi", "Hm.", "Bye")]  # fmt: skip
+    clear = "Once upon a time"
+    singles = []
+    for prompt in prompts:
+        run(backend, clear, n=1)
+        singles.append(run(backend, prompt, n=10))
+    run(backend, clear, n=1)
     batch = backend.generate([GenerationRequest(p, SamplingParams(max_new_tokens=10, temperature=0.0)) for p in prompts])
     assert [b.reason for b in batch] == [s.reason for s in singles]
     assert [b.text for b in batch] == [s.text for s in singles]
