@@ -85,7 +85,7 @@ def annotate(
     calibrate: bool = False,
 ) -> dict:
     """Annotate every reply in `src` with the APM; write `out`. Returns a summary dict."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     from steernpc_train.apm import calibrate as fit_calibration
     from steernpc_train.apm import load_apm
@@ -142,7 +142,7 @@ def annotate(
     total = _count_lines(str(src)) if fmt in ("nemo", "npc", "helpsteer", "regression") else None
     if limit:
         total = min(total or limit, limit)
-    bar = tqdm(total=total, initial=done, desc="annotate", unit="rec", disable=None if progress is None else not progress)
+    bar = progress_bar(total, "annotate", "rec", initial=done, enabled=progress is not False)
     written = done
     replies = 0
     pending: list[Conversation] = []

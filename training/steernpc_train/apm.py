@@ -387,9 +387,9 @@ def train_apm(cfg: APMConfig, data: Sequence[str | os.PathLike], out: str | os.P
     step = 0
     running = 0.0
     module.train()
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    bar = tqdm(total=total, desc="apm", unit="step", disable=None)
+    bar = progress_bar(total, "apm", "step")
     while step < total:
         order = list(range(len(train)))
         rng.shuffle(order)

@@ -41,7 +41,7 @@ def generate(
     temperature == 0, else sampling seeded per batch (reproducible for a given batching).
     Prompts are tokenized without special tokens, exactly as the runtime does."""
     import torch
-    from tqdm import tqdm
+    from .progress import progress_bar
     from transformers import GenerationConfig
 
     stops = stop_strings(fmt, tokenizer)
@@ -63,7 +63,7 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch together
     results: dict[int, dict] = {}
     try:
-        bar = tqdm(total=len(prompts), desc=progress or "generate", unit="reply", disable=None if progress else True)
+        bar = progress_bar(len(prompts), progress or "generate", "reply", enabled=bool(progress))
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             enc = tokenizer([prompts[i] for i in idx], add_special_tokens=False, padding=True, return_tensors="pt").to(device)

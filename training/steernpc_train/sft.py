@@ -843,9 +843,9 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
         out.mkdir(parents=True, exist_ok=True)
     window_tokens, window_time, window_loss, window_n = 0, time.time(), 0.0, 0
     last_save = time.time()
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    bar = tqdm(total=total, initial=step, desc="sft", unit="step", disable=True if dist_.rank else None)
+    bar = progress_bar(total, "sft", "step", initial=step, enabled=not dist_.rank)
     last_loss = float("nan")
     while step < total:
         rows = plan.step_rows(step)
