@@ -81,22 +81,22 @@ std::string ToJson(const google::protobuf::Message& message) {
   return out;
 }
 
-#define NPC_REQUIRE(cond, what)                                 \
-  do {                                                          \
+#define NPC_REQUIRE(cond, what)                                                        \
+  do {                                                                                 \
     if (!(cond)) return Fail(NPC_INVALID_ARGUMENT, std::string(what) + " is required"); \
   } while (0)
 
 #define NPC_GUARD_BEGIN try {
-#define NPC_GUARD_END                                  \
-  }                                                    \
-  catch (const std::bad_alloc&) {                      \
+#define NPC_GUARD_END                                   \
+  }                                                     \
+  catch (const std::bad_alloc&) {                       \
     return Fail(NPC_RESOURCE_EXHAUSTED, "out of memory"); \
-  }                                                    \
-  catch (const std::exception& e) {                    \
-    return FailException(e);                           \
-  }                                                    \
-  catch (...) {                                        \
-    return Fail(NPC_INTERNAL, "internal error");       \
+  }                                                     \
+  catch (const std::exception& e) {                     \
+    return FailException(e);                            \
+  }                                                     \
+  catch (...) {                                         \
+    return Fail(NPC_INTERNAL, "internal error");        \
   }
 
 // Runs `body` (one RPC at most), which stores the value in *out and returns 0, or returns
@@ -110,8 +110,12 @@ npc_result* Result(Body&& body) {
     NPC_GUARD_END
   }();
   if (rc < 0) {
-    std::string message = steernpc::LastErrorMessage();
-    return NewResult(-rc, &message);
+    try {
+      std::string message = steernpc::LastErrorMessage();
+      return NewResult(-rc, &message);
+    } catch (...) {
+      return &kOutOfMemory;
+    }
   }
   steernpc::ClearError();
   return NewResult(NPC_OK, &value);
