@@ -13,6 +13,7 @@ under that sanitizer.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -98,6 +99,18 @@ def sanitizer_env() -> dict[str, str]:
             "UBSAN_OPTIONS": "print_stacktrace=1 halt_on_error=1",
         }
     return {}
+
+
+def pyproject_version() -> str:
+    """The `version` of pyproject.toml: the one source of the version (CMake reads it too)."""
+    text = (REPO / "pyproject.toml").read_text()
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import re
+
+        return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+    return tomllib.loads(text)["project"]["version"]
 
 
 def shared_library(build: Path) -> Path:
@@ -248,6 +261,74 @@ class ControlWatcher:
             self._stop.wait(0.05)
 
 
+# The stand-in server of the "one RPC per call" tests: answers far longer than any buffer a
+# caller would guess. The native case `long_results_one_rpc_each` and the C# `OneRpcPerResult`
+# check these payloads.
+LONG_SESSION_ID = "long-" + "x" * 2995  # 3000 bytes
+LONG_SNAPSHOT = bytes(i % 251 for i in range(1 << 20))
+# What one pass of those tests calls, once each.
+ONE_OF_EACH = {"ListCharacters": 1, "CreateSession": 1, "GetSession": 1, "ExportSession": 1, "ImportSession": 1}
+
+
+def counting_servicer():
+    """An NpcService that answers with the long payloads above and counts every RPC by method
+    name (`.calls`); the methods it does not define answer UNIMPLEMENTED."""
+    import grpc
+    from steernpc.v1 import npc_pb2 as pb
+    from steernpc.v1 import npc_pb2_grpc
+
+    class CountingServicer(npc_pb2_grpc.NpcServiceServicer):
+        def __init__(self):
+            self.calls: collections.Counter[str] = collections.Counter()
+
+        def ListCharacters(self, request, context):
+            self.calls["ListCharacters"] += 1
+            return pb.ListCharactersResponse(characters=[pb.Character(id="long", name="Long", greeting="Grüße, Reisender! " * 8000)])
+
+        def CreateSession(self, request, context):
+            self.calls["CreateSession"] += 1
+            return pb.Session(session_id=LONG_SESSION_ID, character_id=request.character_id)
+
+        def GetSession(self, request, context):
+            self.calls["GetSession"] += 1
+            if request.session_id != LONG_SESSION_ID:
+                context.abort(grpc.StatusCode.NOT_FOUND, "unknown session")
+            return pb.Session(session_id=LONG_SESSION_ID, character_id="long", mood="m" * 120000)
+
+        def ExportSession(self, request, context):
+            self.calls["ExportSession"] += 1
+            if request.session_id != LONG_SESSION_ID:
+                context.abort(grpc.StatusCode.NOT_FOUND, "unknown session")
+            return pb.SessionSnapshot(data=LONG_SNAPSHOT)
+
+        def ImportSession(self, request, context):
+            self.calls["ImportSession"] += 1
+            if request.data != LONG_SNAPSHOT:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not the exported snapshot ({len(request.data)} bytes)")
+            return pb.Session(session_id=LONG_SESSION_ID, character_id="long")
+
+    return CountingServicer()
+
+
+@contextlib.contextmanager
+def counting_server():
+    """(servicer, "127.0.0.1:port"): a counting_servicer() served in this process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from steernpc.v1 import npc_pb2_grpc
+
+    servicer = counting_servicer()
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    npc_pb2_grpc.add_NpcServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 
@@ -294,6 +375,9 @@ def test_header_compiles_as_c_and_links(native_build, tmp_path):
         "  o.target = \"127.0.0.1:1\";\n"
         "  npc_client* c = npc_client_create(&o);\n"
         "  if (!c || npc_poll(c, &e) != 0 || e.type != NPC_EVENT_NONE) return 2;\n"
+        "  npc_result* r = npc_session_create(c, \"\");\n"
+        "  if (npc_result_status(r) != NPC_INVALID_ARGUMENT || npc_result_size(r) == 0) return 3;\n"
+        "  npc_result_free(r);\n"
         "  npc_client_destroy(c);\n"
         "  printf(\"%s %u\\n\", npc_version(), (unsigned)sizeof(npc_event));\n"
         "  return 0;\n}\n"
@@ -304,7 +388,7 @@ def test_header_compiles_as_c_and_links(native_build, tmp_path):
     run_checked([cc, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{NATIVE / 'include'}", str(src),
                  f"-L{native_build}", "-lsteernpc", f"-Wl,-rpath,{native_build}", "-o", str(exe)], "compiling abi.c")  # fmt: skip
     proc = run_checked([str(exe)], "running abi.c", env=dict(os.environ, **sanitizer_env()))
-    assert proc.stdout.split() == ["0.1.0", "72"]
+    assert proc.stdout.split() == [pyproject_version(), "72"]  # the library's version is pyproject's
     if sys.platform.startswith("linux") and shutil.which("nm"):
         symbols = subprocess.run(["nm", "-D", "--defined-only", str(shared_library(native_build))],
                                  capture_output=True, text=True, check=True).stdout.split("\n")  # fmt: skip
@@ -319,6 +403,20 @@ def test_native_core(native_build, npc_server):
     assert proc.returncode == 0, f"ctest failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
     assert "***Skipped" not in out and "Not Run" not in out, out
     assert "100% tests passed" in out
+
+
+def test_native_results_one_rpc_each(native_build):
+    """Calls that return text or bytes hand back the whole answer of one RPC, however long: a
+    character list of ~150 KB, a 3000-byte session id, a 1 MiB snapshot. The server counts
+    exactly one RPC per call (the old "buffer too small, call again" protocol made two)."""
+    with counting_server() as (servicer, target):
+        env = dict(os.environ, STEERNPC_TEST_TARGET=target, STEERNPC_TEST_API_KEY="", **sanitizer_env())
+        proc = subprocess.run([str(native_build / "steernpc_tests"), "long_results_one_rpc_each"], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    print(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok long_results_one_rpc_each" in proc.stdout
+    assert dict(servicer.calls) == ONE_OF_EACH
 
 
 def test_native_server_down_and_reconnect(native_build, npc_server, tmp_path):
@@ -342,6 +440,7 @@ def test_unreal_plugin_layout():
     plugin = REPO / "engine_bridges" / "unreal" / "SteerNPC"
     descriptor = json.loads((plugin / "SteerNPC.uplugin").read_text())
     assert [m["Name"] for m in descriptor["Modules"]] == ["SteerNPC"]
+    assert descriptor["VersionName"] == pyproject_version(), "the plugin descriptor's version is pyproject.toml's"
     for module, path in (("SteerNPC", "Source/SteerNPC/SteerNPC.Build.cs"),
                          ("SteerNPCLibrary", "Source/ThirdParty/SteerNPCLibrary/SteerNPCLibrary.Build.cs")):  # fmt: skip
         text = (plugin / path).read_text()
