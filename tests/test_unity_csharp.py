@@ -62,7 +62,7 @@ def native_build() -> Path:
 
 @pytest.fixture(scope="module")
 def npc_server(tiny_model_dir, tmp_path_factory):
-    server = native.ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("csharp-server"))
+    server = native.bridge_server(tiny_model_dir, tmp_path_factory.mktemp("csharp-server"))
     server.start()
     yield server
     server.stop()
@@ -117,7 +117,7 @@ def test_csharp_bridge_against_server(native_build, npc_server, test_exe):
     """create, say with streamed deltas, steer, per-reply overrides, cancel, errors (NOT_FOUND,
     INVALID_ARGUMENT, UNAUTHENTICATED, UNAVAILABLE), export/import, PollEvents, Dispose."""
     _, mono = mono_tools()
-    env = dict(npc_server.env(), LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(native_build), os.environ.get("LD_LIBRARY_PATH")])))
+    env = dict(native.bridge_env(npc_server), LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(native_build), os.environ.get("LD_LIBRARY_PATH")])))
     env.update(native.sanitizer_env())
     if os.environ.get("STEERNPC_NATIVE_SANITIZE"):
         pytest.skip("mono cannot load a sanitizer-instrumented libsteernpc")
