@@ -111,8 +111,10 @@ class NpcServer:
     def start(self, timeout: float | None = None, spawned: bool = False) -> "NpcServer":
         """Start (unless `spawned`) and wait for health SERVING; ExitedEarly or StartTimeout,
         with the server's stderr, if it does not get there (the process is stopped then)."""
-        if not spawned:
-            self.spawn() if not self.port else self._spawn()
+        if not spawned and not self.port:
+            self.spawn()
+        elif not spawned:  # a start after stop(): the same ports
+            self._spawn()
         start_retrying(lambda: self.spawn().process, timeout or self.start_timeout, spawned=self.process)
         return self
 
