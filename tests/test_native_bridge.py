@@ -19,16 +19,13 @@ import fcntl
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from harness import NpcServer
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "engine_bridges" / "native"
@@ -124,96 +121,18 @@ def shared_library(build: Path) -> Path:
 # The server
 
 
-class ServerProcess:
-    """`steernpc serve` on a loopback port, started / stopped / restarted on demand."""
+def bridge_server(model_dir: Path, workdir: Path) -> NpcServer:
+    """`steernpc serve` as the bridge tests use it: on the CPU, behind a random API key, with
+    SQLite sessions in `workdir`; stop / start / restart keep its port."""
+    workdir = Path(workdir)
+    return NpcServer(model_dir, workdir, store_path=workdir / "sessions.sqlite3", api_key=secrets.token_hex(8),
+                     extra=["--device", "cpu", "--host", "127.0.0.1"], start_timeout=240.0)  # fmt: skip
 
-    def __init__(self, model_dir: Path, workdir: Path, api_key: str | None = None, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()):  # fmt: skip
-        self.model_dir = Path(model_dir)
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.api_key = secrets.token_hex(8) if api_key is None else api_key
-        self.port = port or free_port()
-        self.extra_args = tuple(extra_args)
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self.log_path: Path | None = None
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "steernpc.cli", "serve", "--personas", str(SAMPLE_PERSONAS),
-               "--model", str(self.model_dir), "--adapter", "none", "--device", "cpu",
-               "--host", "127.0.0.1", "--port", str(self.port),
-               "--store", "sqlite", "--store-path", str(self.workdir / "sessions.sqlite3"), *self.extra_args]  # fmt: skip
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
-        return cmd
-
-    def start(self, timeout: float = 240.0) -> None:
-        self.starts += 1
-        self.log_path = self.workdir / f"server-{self.starts}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1", STEERNPC_HOME=str(self.workdir / "home"))
-        env.setdefault("OMP_NUM_THREADS", "1")
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                         start_new_session=True)  # fmt: skip
-        self.wait_serving(timeout)
-
-    def wait_serving(self, timeout: float) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"steernpc serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with grpc.insecure_channel(self.target) as channel:
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                    last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                except grpc.RpcError as exc:
-                    last = f"{exc.code().name}: {exc.details()}"
-            time.sleep(0.25)
-        raise TimeoutError(f"server not SERVING after {timeout:.0f} s (last: {last}):\n{self.log_tail()}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-        self.proc = None
-        # The port must be closed before anyone relies on "the server is down".
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.05)
-
-    def restart(self) -> None:
-        self.stop(kill=True)  # a crash, not a polite shutdown
-        self.start()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def env(self, character: str = "brom") -> dict[str, str]:
-        return dict(os.environ, STEERNPC_TEST_TARGET=self.target, STEERNPC_TEST_API_KEY=self.api_key or "",
-                    STEERNPC_TEST_CHARACTER=character, STEERNPC_TEST_MOOD=first_mood(character))  # fmt: skip
+def bridge_env(server: NpcServer, character: str = "brom") -> dict[str, str]:
+    """The environment the native and C# tests read the server's address and key from."""
+    return dict(os.environ, STEERNPC_TEST_TARGET=server.target, STEERNPC_TEST_API_KEY=server.api_key or "",
+                STEERNPC_TEST_CHARACTER=character, STEERNPC_TEST_MOOD=first_mood(character))  # fmt: skip
 
 
 def first_mood(character: str) -> str:
@@ -230,7 +149,7 @@ def first_mood(character: str) -> str:
 class ControlWatcher:
     """Answers the native tests' "<n>.request" files (stop | start | restart) with "<n>.done"."""
 
-    def __init__(self, server: ServerProcess, folder: Path):
+    def __init__(self, server: NpcServer, folder: Path):
         self.server = server
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -340,14 +259,14 @@ def native_build() -> Path:
 
 @pytest.fixture(scope="module")
 def npc_server(tiny_model_dir, tmp_path_factory):
-    server = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("native-server"))
+    server = bridge_server(tiny_model_dir, tmp_path_factory.mktemp("native-server"))
     server.start()
     yield server
     server.stop()
 
 
-def run_ctest(build: Path, server: ServerProcess, args: list[str], control: Path | None = None, timeout: int = 900):
-    env = dict(server.env(), **sanitizer_env())
+def run_ctest(build: Path, server: NpcServer, args: list[str], control: Path | None = None, timeout: int = 900):
+    env = dict(bridge_env(server), **sanitizer_env())
     if control is not None:
         env["STEERNPC_TEST_CONTROL_DIR"] = str(control)
     cmd = ["ctest", "--output-on-failure", "--no-tests=error", *args]
@@ -424,7 +343,7 @@ def test_native_server_down_and_reconnect(native_build, npc_server, tmp_path):
     error event; the same client reconnects by itself once the server is back."""
     with ControlWatcher(npc_server, tmp_path / "control") as watcher:
         proc, out = run_ctest(native_build, npc_server, ["-L", "restart"], control=tmp_path / "control")
-    if npc_server.proc is None:  # leave the module's server running whatever happened
+    if not npc_server.alive():  # leave the module's server running whatever happened
         npc_server.start()
     assert not watcher.errors, watcher.errors
     assert proc.returncode == 0, f"ctest failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"

@@ -62,7 +62,7 @@ def native_build() -> Path:
 
 @pytest.fixture(scope="module")
 def npc_server(tiny_model_dir, tmp_path_factory):
-    server = native.ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("csharp-server"))
+    server = native.bridge_server(tiny_model_dir, tmp_path_factory.mktemp("csharp-server"))
     server.start()
     yield server
     server.stop()
@@ -136,7 +136,7 @@ def test_csharp_bridge_against_server(native_build, npc_server, test_exe):
     """create, say with streamed deltas, steer, per-reply overrides, cancel, errors (NOT_FOUND,
     INVALID_ARGUMENT, UNAUTHENTICATED, UNAVAILABLE), export/import, PollEvents, Dispose."""
     _, mono = mono_tools()
-    env = mono_env(native_build, npc_server.env())
+    env = mono_env(native_build, native.bridge_env(npc_server))
     if os.environ.get("STEERNPC_NATIVE_SANITIZE"):
         pytest.skip("mono cannot load a sanitizer-instrumented libsteernpc")
     proc = subprocess.run([mono, "--debug", str(test_exe)], env=env, capture_output=True, text=True, timeout=600)
