@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> int:
             jobs.append((i, name, ids, start))
 
     logp: dict[tuple[int, str | None], float] = {}
+    reply_tokens = 0
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     with torch.no_grad():
         for k in range(0, len(jobs), args.batch_size):
@@ -84,10 +86,14 @@ def main(argv: list[str]) -> int:
                 targets = torch.tensor(seq[start:])
                 logits = model.get_output_embeddings()(hidden[r, start - 1:len(seq) - 1]).float().log_softmax(-1)
                 logp[(i, name)] = float(logits.gather(-1, targets[:, None]).sum())
+                reply_tokens += len(targets) if name is None else 0
             print(f"\r{min(k + args.batch_size, len(jobs))}/{len(jobs)} sequences", end="", file=sys.stderr)
     print(file=sys.stderr)
 
-    result = {"base": args.base, "adapter": args.adapter, "replies": len(convs), "attributes": {}}
+    perplexity = math.exp(-sum(logp[(i, None)] for i in range(len(convs))) / reply_tokens)
+    result = {"base": args.base, "adapter": args.adapter, "replies": len(convs), "reply_tokens": reply_tokens,
+              "perplexity": round(perplexity, 3), "attributes": {}}
+    print(f"perplexity of the held-out replies under their own labels: {perplexity:.2f} ({reply_tokens} tokens)")
     print("| attribute | mean log p(y|own) - log p(y|moved) | own labels likelier |\n|---|---:|---:|")
     for name in schema.names:
         margins = [logp[(i, None)] - logp[(i, name)] for i in range(len(convs))]
