@@ -3,7 +3,7 @@
 # Every step resumes where it stopped (run the same command again); progress bars on each.
 #
 #   samples/pipeline/corpus_model.sh [WORK_DIR]        (default runs/corpus)
-#   SFT_STEPS=600 samples/pipeline/corpus_model.sh      (a longer SFT; default 1 epoch)
+#   SFT_STEPS=129 samples/pipeline/corpus_model.sh      (a full epoch; default 60 steps, ~0.47 epoch)
 #
 # 1. APM on the corpus, evaluated on the 8 held-out personas (never in its training data)
 # 3. LoRA SFT in the nemo format: each contrast set shares one prefix, and every reply is
@@ -24,12 +24,19 @@ echo "== step 1: APM on the corpus replies, held out by persona"
 echo "== step 3: attribute-conditioned LoRA SFT with shared prefixes and the label-contrast term"
 steernpc train sft --base smollm2 --format nemo --schema $SCHEMA --personas $C/personas/train --data $C/dialogue/*.jsonl \
   --contrast-weight 1.0 --end-weight 3 --lora 32 --max-length 1280 --micro-batch 1 --grad-accum 8 \
-  ${SFT_STEPS:+--max-steps $SFT_STEPS} --epochs 1 --precision bf16 --lr 6e-4 --save-minutes 10 --out "$W/sft"
+  --max-steps ${SFT_STEPS:-60} --epochs 1 --precision bf16 --lr 6e-4 --save-minutes 10 --out "$W/sft"
 
-echo "== steerability on held-out personas x held-out lines (sampled, 2 seeds), and the untuned base"
+echo "== steerability on held-out personas x held-out lines (sampled, 2 samples each), and the untuned base"
 for model in sft base; do
   adapter=(--adapter "$W/$model"); [ $model = base ] && adapter=(--format nemo)
   [ -f "$W/report_$model/report.json" ] || steernpc eval steerability --model smollm2 "${adapter[@]}" --apm "$W/apm" \
-    --personas $C/personas/heldout --prompts $C/lines/heldout.txt --max-personas 8 --max-prompts 6 \
+    --personas $C/personas/heldout --prompts $C/lines/heldout.txt --max-personas 8 --max-prompts 3 \
     --temperature 0.7 --samples 2 --max-new-tokens 96 --batch-size 16 --out "$W/report_$model"
 done
+
+echo "== label margins and perplexity on the held-out corpus replies (no generation, no APM)"
+for model in sft base; do
+  adapter=(--adapter "$W/$model"); [ $model = base ] && adapter=()
+  [ -f "$W/margin_$model.json" ] || python samples/pipeline/label_margin.py "${adapter[@]}" --max-replies 120 --out "$W/margin_$model.json"
+done
+echo "blind pairs for a reader: python samples/pipeline/blind_pairs.py make $W/report_sft $W/pairs_sft"
