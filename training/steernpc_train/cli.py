@@ -1,5 +1,6 @@
 """The training toolkit's subcommands of `steernpc`: data, train (apm, sft, bootstrap),
-annotate and eval. `steernpc.cli` calls `register(subparsers)` when this package is present.
+annotate and eval. `register(subparsers)` is this package's `steernpc.commands` entry point
+(pyproject.toml), which `steernpc.cli` calls; the runtime never imports this package.
 Heavy imports happen inside each command, so `steernpc --help` stays fast."""
 
 from __future__ import annotations
@@ -288,13 +289,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-prompts", type=int, default=0)
     p.add_argument("--max-personas", type=int, default=0)
     p.set_defaults(func=cmd_eval_steerability)
-
-    try:  # `steernpc compile` lives in steernpc_train/compile.py
-        from steernpc_train.compile import register_compile
-    except ImportError:
-        register_compile = None
-    if register_compile is not None:
-        register_compile(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

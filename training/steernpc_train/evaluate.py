@@ -84,16 +84,17 @@ def summarize(targets: list[int], measured: list[float], levels: list[int]) -> d
 
 
 def steerability_report(cfg: SteerConfig) -> dict:
+    from steernpc.model_card import read_train_meta
     from steernpc.persona import PersonaError, load_personas
 
     from steernpc_train.apm import load_apm
     from steernpc_train.gen import generate, load_generator, read_prompt_lines
-    from steernpc_train.sft import persona_system, read_meta
+    from steernpc_train.sft import persona_system
 
     started = time.time()
     out = Path(cfg.out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    meta = read_meta(cfg.adapter) or read_meta(cfg.model)
+    meta = read_train_meta(cfg.adapter) or read_train_meta(cfg.model)
     fmt = cfg.format or meta.get("format") or "chat"
     personas, problems = load_personas(cfg.personas)
     if problems:
