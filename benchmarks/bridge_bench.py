@@ -25,14 +25,14 @@ import os
 import platform
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from steernpc.server.process import ServerProcess, StartFailed, free_port, grpc_health
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "engine_bridges" / "native"
@@ -77,35 +77,21 @@ def build_native(build: Path) -> Path:
     return build / "steernpc_bench"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, workdir: Path, api_key: str, port: int) -> subprocess.Popen:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    log = open(workdir / "server.log", "w")
+def start_server(model: str, workdir: Path, api_key: str, port: int) -> ServerProcess:
     cmd = [sys.executable, "-m", "steernpc.cli", "serve", "--personas", str(REPO / "samples" / "personas"),
            "--model", model, "--adapter", "none", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
            "--store", "memory", "--api-key", api_key]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited:\n{(workdir / 'server.log').read_text()[-3000:]}")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            try:
-                r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return proc
-            except grpc.RpcError:
-                pass
-        time.sleep(0.3)
-    sys.exit("server did not become SERVING")
+    server = ServerProcess(cmd, grpc_health(f"127.0.0.1:{port}"), name="steernpc serve", log=workdir / "server.log",
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=REPO, new_session=True)  # fmt: skip
+    return started(server, timeout=300)
+
+
+def started(server: ServerProcess, timeout: float) -> ServerProcess:
+    """server.start(), or exit with what went wrong."""
+    try:
+        return server.start(timeout, interval=0.3)
+    except StartFailed as exc:
+        sys.exit(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,28 +237,17 @@ def render(title: str, rep: dict) -> str:
     return "\n".join(lines)
 
 
-def start_stub(workdir: Path, port: int, deltas: int) -> subprocess.Popen:
-    log = open(workdir / "stub.log", "w")
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bridge_bench_stub_server.py")), "--port", str(port),
-                             "--deltas", str(deltas), "--gap-ms", "2"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=REPO)  # fmt: skip
-    import grpc
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=1)
-            return proc
-        except grpc.FutureTimeoutError:
-            if proc.poll() is not None:
-                sys.exit(f"stub server exited:\n{(workdir / 'stub.log').read_text()}")
-    sys.exit("stub server did not start")
+def start_stub(workdir: Path, port: int, deltas: int) -> ServerProcess:
+    cmd = [sys.executable, str(Path(__file__).with_name("bridge_bench_stub_server.py")), "--port", str(port),
+           "--deltas", str(deltas), "--gap-ms", "2"]  # fmt: skip
+    server = ServerProcess(cmd, grpc_health(f"127.0.0.1:{port}"), name="stub server", log=workdir / "stub.log", cwd=REPO,
+                           new_session=True)  # fmt: skip
+    return started(server, timeout=30)
 
 
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+def stop(server: ServerProcess | None) -> None:
+    if server is not None:
+        server.stop(timeout=30)
 
 
 def main() -> int:

@@ -20,16 +20,14 @@ import asyncio
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import grpc
+from steernpc.server.process import ServerProcess, free_port, grpc_health
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 LINES = [
     "Good morning! Are you open today?",
@@ -56,7 +54,8 @@ def percentile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def start_server(args, port: int, home: str) -> subprocess.Popen:
+def start_server(args, port: int, home: str) -> ServerProcess:
+    """`steernpc serve` on `port`, SERVING when this returns; its output goes to home/server.log."""
     env = dict(os.environ, STEERNPC_HOME=home, STEERNPC_ADAPTER=args.adapter or "none")
     cmd = [sys.executable, "-m", "steernpc.cli", "serve", "--port", str(port), "--store", "memory",
            "--max-batch", str(max(args.sessions)), "--max-queue", "256", "--log-level", "WARNING"]  # fmt: skip
@@ -64,24 +63,8 @@ def start_server(args, port: int, home: str) -> subprocess.Popen:
         cmd += ["--model", args.model]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-async def wait_serving(target: str, timeout: float = 300) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.time() + timeout
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.time() < deadline:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError("server did not become SERVING")
+    server = ServerProcess(cmd, grpc_health(f"127.0.0.1:{port}"), name="steernpc serve", log=Path(home) / "server.log", env=env)
+    return server.start(timeout=300, interval=0.5)
 
 
 async def conversation(client, character: str, turns: int, max_tokens: int, index: int, record: dict) -> None:
@@ -164,8 +147,6 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_cpu.md"))
     args = parser.parse_args()
 
-    from conftest import free_port
-
     from steernpc import models
 
     models.prepare()
@@ -176,12 +157,10 @@ def main() -> int:
         os.symlink(models.prepared_dir(), Path(home) / "models" / models.DEFAULT_MODEL)
         server = start_server(args, port, home)
         try:
-            asyncio.run(wait_serving(target))
             asyncio.run(run_level(target, 1, argparse.Namespace(**{**vars(args), "turns": 2})))  # warm-up
             results = {n: asyncio.run(run_level(target, n, args)) for n in args.sessions}
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop(timeout=30)
     base = baseline(args, results[min(args.sessions)]["snapshots"][0])
 
     import torch

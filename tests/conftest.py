@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from harness import ServerProcess, StartFailed, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -63,33 +61,17 @@ def redis_url(tmp_path_factory):
     binary = _redis_server_binary()
     workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
-    log = open(workdir / "redis.log", "w+")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 30
+    server = ServerProcess([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                            "--dir", str(workdir)], client.ping, name="redis-server", log=workdir / "redis.log")  # fmt: skip
     try:
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"redis-server on port {port} did not answer PING:\n{log.read()[-2000:]}", pytrace=False)
-            time.sleep(0.05)
+        server.start(timeout=30, interval=0.05)
+    except StartFailed:  # start() stopped it
+        client.close()
+        pytest.fail(f"redis-server on port {port} did not answer PING:\n{server.log_text()[-2000:]}", pytrace=False)
+    try:
         yield url
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        server.stop(timeout=10)

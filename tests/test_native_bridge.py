@@ -13,21 +13,19 @@ under that sanitizer.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from harness import NpcServer
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "engine_bridges" / "native"
@@ -100,6 +98,18 @@ def sanitizer_env() -> dict[str, str]:
     return {}
 
 
+def pyproject_version() -> str:
+    """The `version` of pyproject.toml: the one source of the version (CMake reads it too)."""
+    text = (REPO / "pyproject.toml").read_text()
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import re
+
+        return re.search(r'^version\s*=\s*"([^"]+)"', text, re.M).group(1)
+    return tomllib.loads(text)["project"]["version"]
+
+
 def shared_library(build: Path) -> Path:
     for name in ("libsteernpc.so", "libsteernpc.dylib", "steernpc.dll"):
         if (build / name).exists():
@@ -111,96 +121,18 @@ def shared_library(build: Path) -> Path:
 # The server
 
 
-class ServerProcess:
-    """`steernpc serve` on a loopback port, started / stopped / restarted on demand."""
+def bridge_server(model_dir: Path, workdir: Path) -> NpcServer:
+    """`steernpc serve` as the bridge tests use it: on the CPU, behind a random API key, with
+    SQLite sessions in `workdir`; stop / start / restart keep its port."""
+    workdir = Path(workdir)
+    return NpcServer(model_dir, workdir, store_path=workdir / "sessions.sqlite3", api_key=secrets.token_hex(8),
+                     extra=["--device", "cpu", "--host", "127.0.0.1"], start_timeout=240.0)  # fmt: skip
 
-    def __init__(self, model_dir: Path, workdir: Path, api_key: str | None = None, port: int | None = None,
-                 extra_args: tuple[str, ...] = ()):  # fmt: skip
-        self.model_dir = Path(model_dir)
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.api_key = secrets.token_hex(8) if api_key is None else api_key
-        self.port = port or free_port()
-        self.extra_args = tuple(extra_args)
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self.log_path: Path | None = None
 
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "steernpc.cli", "serve", "--personas", str(SAMPLE_PERSONAS),
-               "--model", str(self.model_dir), "--adapter", "none", "--device", "cpu",
-               "--host", "127.0.0.1", "--port", str(self.port),
-               "--store", "sqlite", "--store-path", str(self.workdir / "sessions.sqlite3"), *self.extra_args]  # fmt: skip
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
-        return cmd
-
-    def start(self, timeout: float = 240.0) -> None:
-        self.starts += 1
-        self.log_path = self.workdir / f"server-{self.starts}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1", STEERNPC_HOME=str(self.workdir / "home"))
-        env.setdefault("OMP_NUM_THREADS", "1")
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                         start_new_session=True)  # fmt: skip
-        self.wait_serving(timeout)
-
-    def wait_serving(self, timeout: float) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"steernpc serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with grpc.insecure_channel(self.target) as channel:
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                    last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                except grpc.RpcError as exc:
-                    last = f"{exc.code().name}: {exc.details()}"
-            time.sleep(0.25)
-        raise TimeoutError(f"server not SERVING after {timeout:.0f} s (last: {last}):\n{self.log_tail()}")
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-        self.proc = None
-        # The port must be closed before anyone relies on "the server is down".
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.05)
-
-    def restart(self) -> None:
-        self.stop(kill=True)  # a crash, not a polite shutdown
-        self.start()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def env(self, character: str = "brom") -> dict[str, str]:
-        return dict(os.environ, STEERNPC_TEST_TARGET=self.target, STEERNPC_TEST_API_KEY=self.api_key or "",
-                    STEERNPC_TEST_CHARACTER=character, STEERNPC_TEST_MOOD=first_mood(character))  # fmt: skip
+def bridge_env(server: NpcServer, character: str = "brom") -> dict[str, str]:
+    """The environment the native and C# tests read the server's address and key from."""
+    return dict(os.environ, STEERNPC_TEST_TARGET=server.target, STEERNPC_TEST_API_KEY=server.api_key or "",
+                STEERNPC_TEST_CHARACTER=character, STEERNPC_TEST_MOOD=first_mood(character))  # fmt: skip
 
 
 def first_mood(character: str) -> str:
@@ -217,7 +149,7 @@ def first_mood(character: str) -> str:
 class ControlWatcher:
     """Answers the native tests' "<n>.request" files (stop | start | restart) with "<n>.done"."""
 
-    def __init__(self, server: ServerProcess, folder: Path):
+    def __init__(self, server: NpcServer, folder: Path):
         self.server = server
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -248,6 +180,74 @@ class ControlWatcher:
             self._stop.wait(0.05)
 
 
+# The stand-in server of the "one RPC per call" tests: answers far longer than any buffer a
+# caller would guess. The native case `long_results_one_rpc_each` and the C# `OneRpcPerResult`
+# check these payloads.
+LONG_SESSION_ID = "long-" + "x" * 2995  # 3000 bytes
+LONG_SNAPSHOT = bytes(i % 251 for i in range(1 << 20))
+# What one pass of those tests calls, once each.
+ONE_OF_EACH = {"ListCharacters": 1, "CreateSession": 1, "GetSession": 1, "ExportSession": 1, "ImportSession": 1}
+
+
+def counting_servicer():
+    """An NpcService that answers with the long payloads above and counts every RPC by method
+    name (`.calls`); the methods it does not define answer UNIMPLEMENTED."""
+    import grpc
+    from steernpc.v1 import npc_pb2 as pb
+    from steernpc.v1 import npc_pb2_grpc
+
+    class CountingServicer(npc_pb2_grpc.NpcServiceServicer):
+        def __init__(self):
+            self.calls: collections.Counter[str] = collections.Counter()
+
+        def ListCharacters(self, request, context):
+            self.calls["ListCharacters"] += 1
+            return pb.ListCharactersResponse(characters=[pb.Character(id="long", name="Long", greeting="Grüße, Reisender! " * 8000)])
+
+        def CreateSession(self, request, context):
+            self.calls["CreateSession"] += 1
+            return pb.Session(session_id=LONG_SESSION_ID, character_id=request.character_id)
+
+        def GetSession(self, request, context):
+            self.calls["GetSession"] += 1
+            if request.session_id != LONG_SESSION_ID:
+                context.abort(grpc.StatusCode.NOT_FOUND, "unknown session")
+            return pb.Session(session_id=LONG_SESSION_ID, character_id="long", mood="m" * 120000)
+
+        def ExportSession(self, request, context):
+            self.calls["ExportSession"] += 1
+            if request.session_id != LONG_SESSION_ID:
+                context.abort(grpc.StatusCode.NOT_FOUND, "unknown session")
+            return pb.SessionSnapshot(data=LONG_SNAPSHOT)
+
+        def ImportSession(self, request, context):
+            self.calls["ImportSession"] += 1
+            if request.data != LONG_SNAPSHOT:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not the exported snapshot ({len(request.data)} bytes)")
+            return pb.Session(session_id=LONG_SESSION_ID, character_id="long")
+
+    return CountingServicer()
+
+
+@contextlib.contextmanager
+def counting_server():
+    """(servicer, "127.0.0.1:port"): a counting_servicer() served in this process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from steernpc.v1 import npc_pb2_grpc
+
+    servicer = counting_servicer()
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    npc_pb2_grpc.add_NpcServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 
@@ -259,14 +259,14 @@ def native_build() -> Path:
 
 @pytest.fixture(scope="module")
 def npc_server(tiny_model_dir, tmp_path_factory):
-    server = ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("native-server"))
+    server = bridge_server(tiny_model_dir, tmp_path_factory.mktemp("native-server"))
     server.start()
     yield server
     server.stop()
 
 
-def run_ctest(build: Path, server: ServerProcess, args: list[str], control: Path | None = None, timeout: int = 900):
-    env = dict(server.env(), **sanitizer_env())
+def run_ctest(build: Path, server: NpcServer, args: list[str], control: Path | None = None, timeout: int = 900):
+    env = dict(bridge_env(server), **sanitizer_env())
     if control is not None:
         env["STEERNPC_TEST_CONTROL_DIR"] = str(control)
     cmd = ["ctest", "--output-on-failure", "--no-tests=error", *args]
@@ -294,6 +294,9 @@ def test_header_compiles_as_c_and_links(native_build, tmp_path):
         "  o.target = \"127.0.0.1:1\";\n"
         "  npc_client* c = npc_client_create(&o);\n"
         "  if (!c || npc_poll(c, &e) != 0 || e.type != NPC_EVENT_NONE) return 2;\n"
+        "  npc_result* r = npc_session_create(c, \"\");\n"
+        "  if (npc_result_status(r) != NPC_INVALID_ARGUMENT || npc_result_size(r) == 0) return 3;\n"
+        "  npc_result_free(r);\n"
         "  npc_client_destroy(c);\n"
         "  printf(\"%s %u\\n\", npc_version(), (unsigned)sizeof(npc_event));\n"
         "  return 0;\n}\n"
@@ -304,7 +307,7 @@ def test_header_compiles_as_c_and_links(native_build, tmp_path):
     run_checked([cc, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{NATIVE / 'include'}", str(src),
                  f"-L{native_build}", "-lsteernpc", f"-Wl,-rpath,{native_build}", "-o", str(exe)], "compiling abi.c")  # fmt: skip
     proc = run_checked([str(exe)], "running abi.c", env=dict(os.environ, **sanitizer_env()))
-    assert proc.stdout.split() == ["0.1.0", "72"]
+    assert proc.stdout.split() == [pyproject_version(), "72"]  # the library's version is pyproject's
     if sys.platform.startswith("linux") and shutil.which("nm"):
         symbols = subprocess.run(["nm", "-D", "--defined-only", str(shared_library(native_build))],
                                  capture_output=True, text=True, check=True).stdout.split("\n")  # fmt: skip
@@ -321,12 +324,26 @@ def test_native_core(native_build, npc_server):
     assert "100% tests passed" in out
 
 
+def test_native_results_one_rpc_each(native_build):
+    """Calls that return text or bytes hand back the whole answer of one RPC, however long: a
+    character list of ~150 KB, a 3000-byte session id, a 1 MiB snapshot. The server counts
+    exactly one RPC per call (the old "buffer too small, call again" protocol made two)."""
+    with counting_server() as (servicer, target):
+        env = dict(os.environ, STEERNPC_TEST_TARGET=target, STEERNPC_TEST_API_KEY="", **sanitizer_env())
+        proc = subprocess.run([str(native_build / "steernpc_tests"), "long_results_one_rpc_each"], env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    print(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok long_results_one_rpc_each" in proc.stdout
+    assert dict(servicer.calls) == ONE_OF_EACH
+
+
 def test_native_server_down_and_reconnect(native_build, npc_server, tmp_path):
     """The server goes away: calls fail fast with UNAVAILABLE; a reply in flight ends with an
     error event; the same client reconnects by itself once the server is back."""
     with ControlWatcher(npc_server, tmp_path / "control") as watcher:
         proc, out = run_ctest(native_build, npc_server, ["-L", "restart"], control=tmp_path / "control")
-    if npc_server.proc is None:  # leave the module's server running whatever happened
+    if not npc_server.alive():  # leave the module's server running whatever happened
         npc_server.start()
     assert not watcher.errors, watcher.errors
     assert proc.returncode == 0, f"ctest failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
@@ -342,6 +359,7 @@ def test_unreal_plugin_layout():
     plugin = REPO / "engine_bridges" / "unreal" / "SteerNPC"
     descriptor = json.loads((plugin / "SteerNPC.uplugin").read_text())
     assert [m["Name"] for m in descriptor["Modules"]] == ["SteerNPC"]
+    assert descriptor["VersionName"] == pyproject_version(), "the plugin descriptor's version is pyproject.toml's"
     for module, path in (("SteerNPC", "Source/SteerNPC/SteerNPC.Build.cs"),
                          ("SteerNPCLibrary", "Source/ThirdParty/SteerNPCLibrary/SteerNPCLibrary.Build.cs")):  # fmt: skip
         text = (plugin / path).read_text()

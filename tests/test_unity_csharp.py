@@ -62,7 +62,7 @@ def native_build() -> Path:
 
 @pytest.fixture(scope="module")
 def npc_server(tiny_model_dir, tmp_path_factory):
-    server = native.ServerProcess(tiny_model_dir, tmp_path_factory.mktemp("csharp-server"))
+    server = native.bridge_server(tiny_model_dir, tmp_path_factory.mktemp("csharp-server"))
     server.start()
     yield server
     server.stop()
@@ -101,6 +101,7 @@ def test_package_layout():
 
     manifest = json.loads((PACKAGE / "package.json").read_text())
     assert manifest["name"] == "com.steernpc.unity" and manifest["samples"][0]["path"] == "Samples~/DialogueUI"
+    assert manifest["version"] == native.pyproject_version(), "the UPM manifest's version is pyproject.toml's"
     runtime = json.loads((PACKAGE / "Runtime" / "SteerNpc.Runtime.asmdef").read_text())
     assert runtime["references"] == ["SteerNpc.Core"]
     missing = []
@@ -113,12 +114,29 @@ def test_package_layout():
     assert not missing, f"assets without .meta (run engine_bridges/unity/tools/make_meta.py): {missing}"
 
 
+def test_status_codes_mirror_the_header():
+    """C#'s StatusCodes are the header's npc_status, name for name and value for value."""
+    header = (native.NATIVE / "include" / "steernpc" / "steernpc.h").read_text()
+    enum = re.search(r"typedef enum npc_status \{(.*?)\} npc_status;", header, re.S).group(1)
+    c_codes = {name.replace("_", ""): int(value) for name, value in re.findall(r"NPC_(\w+) = (\d+)", enum)}
+    client = (CORE / "SteerNpcClient.cs").read_text()
+    block = re.search(r"public static class StatusCodes\s*\{(.*?)\}", client, re.S).group(1)
+    cs_codes = {name.upper(): int(value) for name, value in re.findall(r"(\w+) = (\d+)", block)}
+    assert len(c_codes) == 17 and cs_codes == c_codes
+
+
+def mono_env(native_build: Path, base: dict[str, str]) -> dict[str, str]:
+    env = dict(base, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(native_build), os.environ.get("LD_LIBRARY_PATH")])))
+    env["STEERNPC_TEST_VERSION"] = native.pyproject_version()
+    env.update(native.sanitizer_env())
+    return env
+
+
 def test_csharp_bridge_against_server(native_build, npc_server, test_exe):
     """create, say with streamed deltas, steer, per-reply overrides, cancel, errors (NOT_FOUND,
     INVALID_ARGUMENT, UNAUTHENTICATED, UNAVAILABLE), export/import, PollEvents, Dispose."""
     _, mono = mono_tools()
-    env = dict(npc_server.env(), LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(native_build), os.environ.get("LD_LIBRARY_PATH")])))
-    env.update(native.sanitizer_env())
+    env = mono_env(native_build, native.bridge_env(npc_server))
     if os.environ.get("STEERNPC_NATIVE_SANITIZE"):
         pytest.skip("mono cannot load a sanitizer-instrumented libsteernpc")
     proc = subprocess.run([mono, "--debug", str(test_exe)], env=env, capture_output=True, text=True, timeout=600)
@@ -127,3 +145,20 @@ def test_csharp_bridge_against_server(native_build, npc_server, test_exe):
     assert proc.returncode == 0, f"C# tests failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
     summary = re.search(r"^(\d+) passed, (\d+) failed$", proc.stdout, re.M)
     assert summary and int(summary.group(1)) >= 9 and summary.group(2) == "0", out
+
+
+def test_csharp_results_one_rpc_each(native_build, test_exe):
+    """ListCharacters, CreateSession, GetSessionJson, ExportSession and ImportSession each make
+    exactly one RPC, however long the answer (a ~150 KB character list, a 3000-byte session id,
+    a 1 MiB snapshot): the C# layer no longer calls again with a bigger buffer."""
+    _, mono = mono_tools()
+    if os.environ.get("STEERNPC_NATIVE_SANITIZE"):
+        pytest.skip("mono cannot load a sanitizer-instrumented libsteernpc")
+    with native.counting_server() as (servicer, target):
+        env = mono_env(native_build, dict(os.environ, STEERNPC_TEST_TARGET=target, STEERNPC_TEST_API_KEY=""))
+        proc = subprocess.run([mono, "--debug", str(test_exe), "OneRpcPerResult"], env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    print(out)
+    assert proc.returncode == 0, out[-8000:]
+    assert re.search(r"^1 passed, 0 failed$", proc.stdout, re.M), out
+    assert dict(servicer.calls) == native.ONE_OF_EACH

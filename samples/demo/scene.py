@@ -14,14 +14,16 @@ Then it prints how to continue, stops the server and exits 0.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from steernpc.server.process import ExitedEarly, ServerProcess, StartTimeout, free_port, grpc_health
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTH = 38
@@ -56,28 +58,20 @@ def side_by_side(left_title: str, left: str, right_title: str, right: str) -> No
         print(f"  (identical: this model does not follow {attribute} yet; its model card has the numbers)")
 
 
-def wait_for_server(target: str, server: subprocess.Popen, timeout: float = 600) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+def wait_for_server(server: ServerProcess, timeout: float = 600) -> None:
+    spinner = itertools.cycle("|/-\\")
+
+    def tick(waited: float) -> None:
+        print(f"\r  loading model {next(spinner)} {waited:.0f} s", end="", flush=True)
 
     started = time.time()
-    spinner = "|/-\\"
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        i = 0
-        while time.time() - started < timeout:
-            if server.poll() is not None:
-                raise SystemExit(f"the server exited with code {server.returncode}; see its log above")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    print(f"\r  server ready after {time.time() - started:.0f} s        ", flush=True)
-                    return
-            except grpc.RpcError:
-                pass
-            print(f"\r  loading model {spinner[i % 4]} {time.time() - started:.0f} s", end="", flush=True)
-            i += 1
-            time.sleep(0.5)
-    raise SystemExit("the server did not become ready in time")
+    try:
+        server.wait_ready(timeout, interval=0.5, tick=tick)
+    except ExitedEarly as exc:
+        raise SystemExit(f"the server exited with code {exc.returncode}; see its log above") from None
+    except StartTimeout:
+        raise SystemExit("the server did not become ready in time") from None
+    print(f"\r  server ready after {time.time() - started:.0f} s        ", flush=True)
 
 
 def play(target: str) -> None:
@@ -127,9 +121,6 @@ def main() -> int:
     parser.add_argument("--target", default=None, help="use a running server instead of starting one")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import free_port
-
     from steernpc.runtime_defaults import default_adapter
 
     if args.target:
@@ -146,17 +137,13 @@ def main() -> int:
            "--store-path", str(Path(home) / "sessions.sqlite3"), "--log-level", "WARNING"]  # fmt: skip
     if args.model:
         cmd += ["--model", args.model]
-    server = subprocess.Popen(cmd)
+    server = ServerProcess(cmd, grpc_health(target, timeout=1)).spawn()  # its log goes to this terminal
     started = time.time()
     try:
-        wait_for_server(target, server)
+        wait_for_server(server)
         play(target)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
         shutil.rmtree(home, ignore_errors=True)
     banner(f"Done in {time.time() - started:.0f} s. Carry on:")
     print("  steernpc chat --persona samples/personas/brom.yaml     # talk to Brom; /set humor 4, /mood angry")

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from backend_helpers import have, onnx_export_available
-from ports import free_port
+from harness import ExitedEarly, ServerProcess, StartTimeout, free_port, http_probe
 
 
 def missing(reason: str):
@@ -63,31 +60,20 @@ def llama_server_process():
     except models.ModelNotFound as exc:
         missing(str(exc))
     port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log", "w")
+    url = f"http://127.0.0.1:{port}"
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{port}.log"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
            "--n_ctx", "2048", "--interrupt_requests", "False", "--verbose", "False"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(cmd, http_probe(f"{url}/v1/models", lambda body: json.loads(body).get("data")),
+                           name="llama_cpp.server", log=log, env=dict(os.environ, PYTHONUNBUFFERED="1"))  # fmt: skip
     try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode} (a negative code is a signal: "
-                                   f"-4 SIGILL, -11 SIGSEGV; tests/llama_cpp_check.py says more); see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
-                    if json.loads(resp.read()).get("data"):
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not come up in 120 s; see {log.name}")
-            time.sleep(0.3)
-        yield LlamaServer(url, Path(log.name))
+        server.start(timeout=120, interval=0.3)
+    except ExitedEarly as exc:
+        raise RuntimeError(f"llama_cpp.server exited with {exc.returncode} (a negative code is a signal: "
+                           f"-4 SIGILL, -11 SIGSEGV; tests/llama_cpp_check.py says more); see {log}") from None
+    except StartTimeout:
+        raise RuntimeError(f"llama_cpp.server did not come up in 120 s; see {log}") from None
+    try:
+        yield LlamaServer(url, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop(timeout=10)

@@ -1,5 +1,5 @@
 """What only the onnx backend does: option checks, exports made once and cached, the q4_1
-export. (Its scheduler's guarantees: test_slot_engines.py; the Backend contract:
+export. (Its scheduler's guarantees: test_slot_engines.py, test_scheduler.py; the Backend contract:
 test_conformance.py.)"""
 
 from __future__ import annotations

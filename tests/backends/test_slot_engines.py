@@ -1,8 +1,10 @@
-"""The slot engine's guarantees (steernpc.generation.slot_engine), for both backends that
-drive it, torch and onnx (the tiny random Llama; onnx from its fp32 export): batched,
+"""The engine's guarantees (steernpc.generation.scheduler and kv_slots), over both model
+runners that it drives, torch and onnx (the tiny random Llama; onnx from its fp32 export): batched,
 chunked and cached decoding gives exactly what plain transformers greedy decoding gives,
 whatever the batch, the slot or the cache state; a session's next turn and a new session
-reuse cached prefixes; the queue and the cache are bounded with clear errors."""
+reuse cached prefixes; the queue and the cache are bounded with clear errors; one seed
+samples the same reply from both. (The same without a model, in milliseconds:
+test_scheduler.py, test_kv_slots.py.)"""
 
 from __future__ import annotations
 
@@ -138,6 +140,22 @@ def test_prompts_the_cache_cannot_hold_are_refused(build, kind):
             backend.submit(greedy_request("", 4))
     finally:
         backend.close()
+
+
+def test_one_seed_samples_the_same_reply_from_torch_and_onnx(build):
+    """Both runners feed one sampler (steernpc.generation.sampling), and the fp32 export
+    computes the torch model's logits: one seed, one reply."""
+    replies = []
+    for kind in ENGINES:
+        backend = build(kind, slots=3, max_batch=2)
+        backend.eos_ids = set()
+        try:
+            params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.95, seed=7)
+            replies.append(backend.generate([GenerationRequest(chat("Tell me a story."), params)])[0].token_ids)
+        finally:
+            backend.close()
+    assert len(replies[0]) == 16
+    assert replies[0] == replies[1]
 
 
 @pytest.mark.integration

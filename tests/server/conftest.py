@@ -8,21 +8,21 @@ random Llama from tests/conftest.py.
 from __future__ import annotations
 
 import pytest
-from server_harness import ServerProcess
+from harness import NpcServer
 
 
 @pytest.fixture(scope="module")
 def launch(tiny_model_dir, tmp_path_factory):
-    """launch(name, **options) -> a started ServerProcess (health SERVING), stopped at module
+    """launch(name, **options) -> a started NpcServer (health SERVING), stopped at module
     end; launch.many({name: options, ...}) starts several side by side."""
-    started: list[ServerProcess] = []
+    started: list[NpcServer] = []
 
-    def _launch(name: str = "server", **options) -> ServerProcess:
+    def _launch(name: str = "server", **options) -> NpcServer:
         return _launch_many({name: options})[0]
 
-    def _launch_many(specs: dict[str, dict]) -> list[ServerProcess]:
+    def _launch_many(specs: dict[str, dict]) -> list[NpcServer]:
         """Start several servers at once (their model loads overlap), then wait for each."""
-        servers = [ServerProcess(tiny_model_dir, tmp_path_factory.mktemp(name), name=name, **options) for name, options in specs.items()]
+        servers = [NpcServer(tiny_model_dir, tmp_path_factory.mktemp(name), name=name, **options) for name, options in specs.items()]
         started.extend(servers)
         for server in servers:
             server.spawn()

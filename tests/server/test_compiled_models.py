@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server_harness import ServerProcess
+from harness import NpcServer
 
 from steernpc.client import NpcClient
 
@@ -30,7 +30,7 @@ def compiled(tiny_model_dir, tmp_path_factory):
     return out
 
 
-def greedy_reply(server: ServerProcess) -> tuple[str, dict]:
+def greedy_reply(server: NpcServer) -> tuple[str, dict]:
     with NpcClient(server.target, timeout=120) as npc:
         session = npc.create_session("brom")
         done = npc.reply(session.session_id, "Can you fix my sword?", max_new_tokens=16, temperature=0.0001, top_k=1)
@@ -39,8 +39,8 @@ def greedy_reply(server: ServerProcess) -> tuple[str, dict]:
 
 def test_compiled_hf_and_onnx_serve_the_same_reply(compiled, tmp_path):
     servers = [
-        ServerProcess(compiled / "hf", tmp_path / "hf", store="memory", name="hf"),
-        ServerProcess(compiled / "onnx", tmp_path / "onnx", store="memory", name="onnx", extra=["--backend", "onnx"]),
+        NpcServer(compiled / "hf", tmp_path / "hf", store="memory", name="hf"),
+        NpcServer(compiled / "onnx", tmp_path / "onnx", store="memory", name="onnx", extra=["--backend", "onnx"]),
     ]
     try:
         for server in servers:

@@ -185,3 +185,20 @@ def test_unconditioned_prompt_drops_the_label_line(tiny_model_dir):
         [{"role": "system", "content": "You are Tess."}, {"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     nemo = build_prompt("nemo", "You are Tess.", [], "Hi", v, schema)
     assert unconditioned_prompt(nemo, "nemo", schema, v) == "<extra_id_0>System\nYou are Tess.\n<extra_id_1>User\nHi\n<extra_id_1>Assistant\n"
+
+
+def test_guidance_amplifies_only_what_the_negative_prompt_changes(tiny_model_dir, one_thread):
+    from steernpc_train.gen import generate, load_generator
+
+    model, tok = load_generator(str(tiny_model_dir))
+    prompts = [f"<|im_start|>user\n{line}<|im_end|>\n<|im_start|>assistant\n" for line in LINES]
+    others = [f"<|im_start|>user\nSomething else entirely, {line}<|im_end|>\n<|im_start|>assistant\n" for line in LINES]
+    plain = [r["text"] for r in generate(model, tok, prompts, "chat", max_new_tokens=12, batch_size=4)]
+    # guided against itself, the difference is zero: greedy decoding is unchanged
+    same = [r["text"] for r in generate(model, tok, prompts, "chat", max_new_tokens=12, batch_size=4,
+                                        negatives=prompts, guidance=3.0)]
+    assert same == plain
+    # guided against another prompt, the amplified difference changes what is decoded
+    guided = [r["text"] for r in generate(model, tok, prompts, "chat", max_new_tokens=12, batch_size=4,
+                                          negatives=others, guidance=3.0)]
+    assert guided != plain

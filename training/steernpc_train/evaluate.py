@@ -53,6 +53,7 @@ class SteerConfig:
     seed: int = 0
     max_prompts: int = 0
     max_personas: int = 0
+    guidance: float = 1.0  # >1: classifier-free guidance against the persona's own vector
 
 
 def words(text: str) -> int:
@@ -121,16 +122,20 @@ def steerability_report(cfg: SteerConfig) -> dict:
             spec = schema[name]
             for target in range(spec.min, spec.max + 1):
                 vector = resolve_attributes(schema, persona.attributes, override={name: target})
+                own = resolve_attributes(schema, persona.attributes)
                 for li, line in enumerate(lines):
                     prompt = build_prompt(fmt, system, [], line, vector, schema, tok)
+                    negative = build_prompt(fmt, system, [], line, own, schema, tok)
                     for s in range(cfg.samples if cfg.temperature > 0 else 1):
                         jobs.append({"persona": persona.id, "attribute": name, "target": target, "line": li, "sample": s,
-                                     "user": line, "attributes": vector, "system": system, "prompt": prompt})
+                                     "user": line, "attributes": vector, "system": system, "prompt": prompt,
+                                     "negative": negative})
     if not jobs:
         raise ValueError("nothing to sweep (check --attribute)")
     log(f"steerability: {len(jobs)} generations ({len(chosen)} personas, {len(lines)} lines), format {fmt}")
     replies = generate(model, tok, [j["prompt"] for j in jobs], fmt, cfg.max_new_tokens, cfg.temperature, 1.0,
-                       cfg.seed, cfg.batch_size, progress="steerability")
+                       cfg.seed, cfg.batch_size, progress="steerability",
+                       negatives=[j["negative"] for j in jobs], guidance=cfg.guidance)
     preds = apm.predict_exchanges([(j["system"], [Exchange(j["user"], r["text"])]) for j, r in zip(jobs, replies)])
     sentiment = sentiment_scorer()
     with open(out / "generations.jsonl", "w", encoding="utf-8") as fh:
@@ -139,7 +144,7 @@ def steerability_report(cfg: SteerConfig) -> dict:
                      apm={k: round(v, 4) for k, v in p.items()})
             if sentiment is not None:
                 j["sentiment"] = round(sentiment(r["text"]), 4)
-            row = {k: v for k, v in j.items() if k not in ("system", "prompt")}
+            row = {k: v for k, v in j.items() if k not in ("system", "prompt", "negative")}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     attributes: dict[str, Any] = {}
@@ -162,7 +167,8 @@ def steerability_report(cfg: SteerConfig) -> dict:
     report = {
         "model": cfg.model, "adapter": cfg.adapter, "format": fmt, "apm": cfg.apm,
         "personas": [p.id for p in chosen], "prompts": len(lines), "generations": len(jobs),
-        "decoding": "greedy" if cfg.temperature <= 0 else f"sampling T={cfg.temperature} seed={cfg.seed}",
+        "decoding": ("greedy" if cfg.temperature <= 0 else f"sampling T={cfg.temperature} seed={cfg.seed}")
+        + (f", guidance {cfg.guidance:g} against the persona's own vector" if cfg.guidance != 1.0 else ""),
         "tokens_generated": sum(j["tokens"] for j in jobs), "seconds": round(time.time() - started, 1),
         "attributes": attributes, "config": asdict(cfg),
     }

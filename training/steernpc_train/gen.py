@@ -36,10 +36,17 @@ def generate(
     seed: int = 0,
     batch_size: int = 8,
     progress: str | None = None,
+    negatives: Sequence[str] | None = None,
+    guidance: float = 1.0,
 ) -> list[dict]:
     """One reply per prompt: {"text", "tokens", "finish": "stop"|"length"}. Greedy when
     temperature == 0, else sampling seeded per batch (reproducible for a given batching).
-    Prompts are tokenized without special tokens, exactly as the runtime does."""
+    Prompts are tokenized without special tokens, exactly as the runtime does.
+
+    With `negatives` (one prompt per prompt) and guidance != 1, every step decodes from
+    log p_neg + guidance * (log p - log p_neg): classifier-free guidance, where the negative
+    prompt is the same conversation under the persona's own vector, so the difference the
+    requested vector makes is amplified (transformers' unbatched CFG processor)."""
     import torch
     from .progress import progress_bar
     from transformers import GenerationConfig
@@ -67,9 +74,14 @@ def generate(
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             enc = tokenizer([prompts[i] for i in idx], add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+            extra = {}
+            if negatives is not None and guidance != 1.0:
+                neg = tokenizer([negatives[i] for i in idx], add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+                extra = {"guidance_scale": guidance, "negative_prompt_ids": neg["input_ids"],
+                         "negative_prompt_attention_mask": neg["attention_mask"]}
             torch.manual_seed(seed * 1_000_003 + b)
             with torch.no_grad():
-                seqs = model.generate(**enc, generation_config=config, tokenizer=tokenizer)
+                seqs = model.generate(**enc, generation_config=config, tokenizer=tokenizer, **extra)
             new = seqs[:, enc["input_ids"].shape[1]:]
             for i, row in zip(idx, new):
                 ids = row.tolist()

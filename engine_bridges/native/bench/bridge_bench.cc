@@ -33,11 +33,15 @@ struct Args {
 };
 
 int RunOne(npc_client* client, const Args& args, int index) {
-  char session[128];
-  if (npc_session_create(client, args.character.c_str(), session, sizeof session) <= 0) {
-    std::fprintf(stderr, "session create failed: %s\n", npc_last_error());
+  npc_result* created = npc_session_create(client, args.character.c_str());
+  const std::string session_id = npc_result_text(created);
+  const int32_t status = npc_result_status(created);
+  npc_result_free(created);
+  if (status != NPC_OK) {
+    std::fprintf(stderr, "session create failed: %s\n", session_id.c_str());
     return 1;
   }
+  const char* session = session_id.c_str();
   npc_say_options o{};
   o.max_new_tokens = args.max_new_tokens;
   o.temperature = 0.7f;

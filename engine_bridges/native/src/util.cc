@@ -88,16 +88,4 @@ std::string FormatAttributes(const google::protobuf::Map<std::string, int32_t>& 
   return out;
 }
 
-int32_t WriteOut(const std::string& value, void* buf, size_t cap, bool nul) {
-  size_t need = value.size() + (nul ? 1 : 0);
-  if (need > static_cast<size_t>(INT32_MAX)) return Fail(8, "result larger than 2 GiB");
-  if (buf != nullptr && need <= cap) {
-    if (!value.empty()) std::memcpy(buf, value.data(), value.size());
-    if (nul) static_cast<char*>(buf)[value.size()] = '\0';
-  } else if (buf != nullptr && cap > 0 && nul) {
-    static_cast<char*>(buf)[0] = '\0';
-  }
-  return static_cast<int32_t>(need);
-}
-
 }  // namespace steernpc

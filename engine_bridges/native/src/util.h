@@ -1,4 +1,4 @@
-// Small helpers of the native core: attribute strings, the size protocol, thread-local errors.
+// Small helpers of the native core: attribute strings, thread-local errors.
 #pragma once
 
 #include <cstddef>
@@ -26,10 +26,6 @@ bool ParseAttributes(const char* text, const char* what,
 
 // "name:value,..." sorted by name.
 std::string FormatAttributes(const google::protobuf::Map<std::string, int32_t>& attrs);
-
-// The size protocol: write `value` plus a NUL into buf if it fits in cap; return the size
-// needed including the NUL (or without it when nul = false, for binary results).
-int32_t WriteOut(const std::string& value, void* buf, size_t cap, bool nul = true);
 
 // Non-NULL view of an optional C string.
 inline std::string Str(const char* s) { return s ? std::string(s) : std::string(); }

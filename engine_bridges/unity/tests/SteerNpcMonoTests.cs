@@ -4,8 +4,9 @@
 //   mcs -out:SteerNpcMonoTests.exe Runtime/Core/*.cs tests/SteerNpcMonoTests.cs
 //   STEERNPC_TEST_TARGET=127.0.0.1:50051 STEERNPC_TEST_API_KEY=... LD_LIBRARY_PATH=<build> mono SteerNpcMonoTests.exe [name...]
 //
-// A tiny runner, no NUnit: each public static void Test* method is a test; the last line is
-// "N passed, N failed" and the exit code is nonzero on any failure.
+// A tiny runner, no NUnit: each public static void Test* method is a test; named arguments run
+// just those (also the harness-only ones without the Test prefix, e.g. OneRpcPerResult); the
+// last line is "N passed, N failed" and the exit code is nonzero on any failure.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -87,7 +88,10 @@ namespace SteerNpc.Tests
             Assert.Equal(32, Marshal.SizeOf(typeof(NativeMethods.SayOptions)), "sizeof(npc_say_options)");
             Assert.Equal(48, Marshal.SizeOf(typeof(NativeMethods.ClientOptions)), "sizeof(npc_client_options)");
             Assert.Equal(40, Marshal.SizeOf(typeof(NativeMethods.SessionOptions)), "sizeof(npc_session_options)");
-            Assert.Equal("0.1.0", SteerNpcClient.NativeVersion, "native version");
+            // The harness passes pyproject.toml's version: the native library must carry it.
+            string version = Environment.GetEnvironmentVariable("STEERNPC_TEST_VERSION");
+            Assert.True(!string.IsNullOrEmpty(version), "STEERNPC_TEST_VERSION is set (tests/test_unity_csharp.py sets it)");
+            Assert.Equal(version, SteerNpcClient.NativeVersion, "native version");
         }
 
         public static void TestListCharacters()
@@ -317,6 +321,33 @@ namespace SteerNpc.Tests
             Assert.True(threw, "use after Dispose throws ObjectDisposedException");
         }
 
+        // Run by name against the harness's counting server (counting_servicer in
+        // tests/test_native_bridge.py), not `steernpc serve`: its answers are far longer than any
+        // buffer a caller would guess. Each call is made once; the harness checks that the server
+        // saw exactly one RPC per call.
+        public static void OneRpcPerResult()
+        {
+            using (var client = NewClient())
+            {
+                List<NpcCharacterInfo> characters = client.ListCharacters();
+                Assert.Equal(1, characters.Count, "one character");
+                const string hello = "Grüße, Reisender! ";
+                Assert.Equal(hello.Length * 8000, characters[0].Greeting.Length, "the whole greeting");
+                Assert.True(characters[0].Greeting.StartsWith(hello) && characters[0].Greeting.EndsWith(hello), "UTF-8 intact");
+                string session = client.CreateSession("long");
+                Assert.Equal(3000, session.Length, "a 3000-byte session id");
+                string json = client.GetSessionJson(session);
+                Assert.True(json.Length > 100000 && json.Contains(session), "the whole session JSON (" + json.Length + " chars)");
+                byte[] snapshot = client.ExportSession(session);
+                Assert.Equal(1 << 20, snapshot.Length, "snapshot size");
+                for (int i = 0; i < snapshot.Length; i++)
+                    if (snapshot[i] != i % 251) throw new AssertionException("snapshot byte " + i + " is " + snapshot[i]);
+                Assert.Equal(session, client.ImportSession(snapshot), "restored id");
+                Console.WriteLine("    greeting {0} chars, session id {1}, session {2} chars, snapshot {3} bytes: one call each",
+                                  characters[0].Greeting.Length, session.Length, json.Length, snapshot.Length);
+            }
+        }
+
         // ---- runner -------------------------------------------------------------------------------
 
         public static int Main(string[] args)
@@ -327,8 +358,8 @@ namespace SteerNpc.Tests
                 return 2;
             }
             var tests = typeof(Program).GetMethods(BindingFlags.Public | BindingFlags.Static)
-                .Where(m => m.Name.StartsWith("Test") && m.GetParameters().Length == 0)
-                .Where(m => args.Length == 0 || args.Contains(m.Name))
+                .Where(m => m.GetParameters().Length == 0)
+                .Where(m => args.Length == 0 ? m.Name.StartsWith("Test") : args.Contains(m.Name))
                 .OrderBy(m => m.MetadataToken)
                 .ToList();
             int passed = 0, failed = 0;

@@ -5,8 +5,9 @@ on first use, into STEERNPC_HOME/onnx/, when given an HF model): onnxruntime-gen
 model builder graph, whose attention is ORT's fused GroupQueryAttention (rotary inside,
 per-row sequence lengths) and whose int4/int8 weights are MatMulNBits.
 
-The scheduler is `SlotEngine`'s, shared with the torch backend (continuous batching,
-session prefixes kept between turns). Here the KV pool is
+The scheduler and the sampler are shared with the torch backend (scheduler.py: continuous
+batching, session prefixes kept between turns; sampling.py); this file is the model
+runner. Here the KV pool is
 `[slots, kv_heads, max_len, head_dim]` per layer in numpy; ORT reads and writes it in
 place (GroupQueryAttention's shared past/present buffer, bound by pointer through
 IOBinding), so no step copies the cache. Running requests occupy slots 0..B-1, so a
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from steernpc.generation.base import BackendUnavailable
-from steernpc.generation.slot_engine import Job, SlotEngine
+from steernpc.generation.runner import RunnerBackend
+from steernpc.generation.sampling import eos_ids
 
 _PRECISION_ALIASES = {"float32": "fp32", "fp32": "fp32", "int8": "int8", "int4": "int4", "q4_1": "q4_1"}
 
@@ -86,7 +88,7 @@ def ensure_onnx(model: Any = None, adapter: str | None = None, precision: str = 
     return out
 
 
-class OnnxBackend(SlotEngine):
+class OnnxBackend(RunnerBackend):
     """ONNX Runtime on CPU. Options:
 
     model: an ONNX export folder (`steernpc compile --target onnx`), a compile output root,
@@ -160,17 +162,15 @@ class OnnxBackend(SlotEngine):
         self._check_graph()
         self._io = self.session.io_binding()
 
-        max_len = min(int(max_len), int(genai.get("context_length") or max_len))
+        self.max_len = max_len = min(int(max_len), int(genai.get("context_length") or max_len))
         shape = (slots, self.kv_heads, max_len, self.head_dim)
         # np.zeros maps pages lazily: only the touched part of the pool costs memory.
         self.k = [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self.v = [np.zeros(shape, np.float32) for _ in range(self.layers)]
         self._row_bytes = self.kv_heads * max_len * self.head_dim * 4
-        self.eos_ids = self._eos_ids(genai)
-        self._rng = np.random.default_rng()
-        self._start_engine(slots, max_len, max_batch, max_queue, prefill_chunk)
+        self._start_scheduler(self._eos_ids(genai), slots, max_len, max_batch, max_queue, prefill_chunk)
         # logits of one step, rows 0..max_batch-1 (no request can arrive before __init__ returns)
-        self._logits = np.zeros((self.max_batch, 1, self.vocab), np.float32)
+        self._logits = np.zeros((self.scheduler.max_batch, 1, self.vocab), np.float32)
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}
@@ -182,30 +182,21 @@ class OnnxBackend(SlotEngine):
             )
 
     def _eos_ids(self, genai: dict) -> set[int]:
-        ids: set[int] = set()
-
-        def add(value: Any) -> None:
-            if isinstance(value, (list, tuple)):
-                ids.update(int(v) for v in value)
-            elif value is not None:
-                ids.add(int(value))
-
-        add(genai.get("eos_token_id"))
-        add(getattr(self.tokenizer, "eos_token_id", None))
         gen = self.folder / "generation_config.json"
-        if gen.exists():
-            add(json.loads(gen.read_text()).get("eos_token_id"))
-        if self.card:
-            add(self.card.get("eos_token_ids"))
-        return ids
+        return eos_ids(
+            genai.get("eos_token_id"),
+            getattr(self.tokenizer, "eos_token_id", None),
+            json.loads(gen.read_text()).get("eos_token_id") if gen.exists() else None,
+            (self.card or {}).get("eos_token_ids"),
+        )
 
-    # -- the arrays behind SlotEngine --------------------------------------------------------
-    def _copy_kv(self, dst: int, src: int, length: int) -> None:
+    # -- the ModelRunner -------------------------------------------------------------------
+    def copy_kv(self, dst: int, src: int, length: int) -> None:
         for k, v in zip(self.k, self.v):
             k[dst, :, :length] = k[src, :, :length]
             v[dst, :, :length] = v[src, :, :length]
 
-    def _swap_kv(self, a: int, b: int, length: int) -> None:
+    def swap_kv(self, a: int, b: int, length: int) -> None:
         idx, rev = [a, b], [b, a]
         for k, v in zip(self.k, self.v):
             k[idx, :, :length] = k[rev, :, :length]
@@ -228,44 +219,13 @@ class OnnxBackend(SlotEngine):
         self.session.run_with_iobinding(io)
         return self._logits[:rows, 0]
 
-    def _prefill_logits(self, slot: int, start: int, chunk: list[int]) -> np.ndarray:
+    def prefill(self, slot: int, start: int, chunk: list[int]) -> np.ndarray:
         ids = np.asarray([chunk], dtype=np.int64)
         mask = np.ones((1, start + len(chunk)), dtype=np.int64)
         return self._run(slot, 1, ids, mask)[0].copy()
 
-    def _decode_logits(self, lengths: list[int], tokens: list[int]) -> np.ndarray:
+    def decode(self, lengths: list[int], tokens: list[int]) -> np.ndarray:
         rows = np.asarray(lengths, dtype=np.int64)
         mask = (np.arange(int(rows.max()) + 1)[None, :] <= rows[:, None]).astype(np.int64)
         ids = np.asarray([[t] for t in tokens], dtype=np.int64)
         return self._run(0, len(tokens), ids, mask).copy()
-
-    def _start_sampling(self, job: Job) -> None:
-        seed = job.request.params.seed
-        job.rng = np.random.default_rng(int(seed)) if seed is not None else self._rng
-        job.seen = np.unique(np.asarray(job.prompt_ids, dtype=np.int64))
-
-    def _add_seen(self, job: Job, token: int) -> None:
-        if token not in job.seen:
-            job.seen = np.append(job.seen, token)
-
-    def _sample(self, job: Job, logits: np.ndarray) -> int:
-        p = job.request.params
-        if p.repetition_penalty != 1.0:
-            scores = logits[job.seen]
-            logits[job.seen] = np.where(scores > 0, scores / p.repetition_penalty, scores * p.repetition_penalty)
-        if p.temperature <= 0:
-            return int(np.argmax(logits))
-        logits = logits.astype(np.float64) / p.temperature
-        if p.top_k > 0 and p.top_k < logits.size:
-            kth = np.partition(logits, -p.top_k)[-p.top_k]
-            logits[logits < kth] = -np.inf
-        if p.top_p < 1.0:
-            order = np.argsort(-logits)
-            sorted_logits = logits[order]
-            probs = np.exp(sorted_logits - sorted_logits[0])
-            probs /= probs.sum()
-            drop = np.cumsum(probs) - probs > p.top_p  # keep the token that crosses top_p
-            logits[order[drop]] = -np.inf
-        probs = np.exp(logits - logits.max())
-        cdf = np.cumsum(probs)
-        return int(min(np.searchsorted(cdf, job.rng.random() * cdf[-1], side="right"), logits.size - 1))

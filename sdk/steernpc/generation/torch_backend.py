@@ -1,10 +1,11 @@
 """The embedded default backend: PyTorch + transformers, CPU or CUDA.
 
 The scheduler (continuous batching over a pool of KV slots, session prefixes kept
-between turns) is `SlotEngine`'s; this file supplies the tensors: `SlotCache`, the slot
-pool as per-layer K/V tensors that transformers' attention writes into, the forward
-passes and sampling. Running requests occupy slots 0..B-1, so the batched attention reads
-a view of the pool, never a gathered copy.
+between turns) and the sampler are shared with the onnx backend (scheduler.py,
+kv_slots.py, sampling.py); this file is the model runner: `SlotCache`, the slot pool as
+per-layer K/V tensors that transformers' attention writes into, and the forward passes.
+Running requests occupy slots 0..B-1, so the batched attention reads a view of the pool,
+never a gathered copy.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from steernpc.generation.slot_engine import Job, SlotEngine
+from steernpc.generation.runner import RunnerBackend
+from steernpc.generation.sampling import eos_ids
 
 
 def slot_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -90,7 +93,7 @@ class SlotCache:
         return len(self.k)
 
 
-class TorchBackend(SlotEngine):
+class TorchBackend(RunnerBackend):
     name = "torch"
     thread_name = "steernpc-torch-engine"
 
@@ -120,29 +123,21 @@ class TorchBackend(SlotEngine):
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         dtype_ = next(self.model.parameters()).dtype
         self.cache = SlotCache(config.num_hidden_layers, slots, kv_heads, max_len, head_dim, dtype_, self.device)
-        self.eos_ids = self._eos_ids()
         self._decoder = self.model.get_decoder()
         self._lm_head = self.model.get_output_embeddings()
         # transformers 5.24 renamed past_key_values to cache (the old name warns until 5.40)
         params = inspect.signature(self._decoder.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self._start_engine(slots, max_len, max_batch, max_queue, prefill_chunk)
+        ends = eos_ids(*(getattr(s, "eos_token_id", None) for s in (self.model.generation_config, config, self.tokenizer)))
+        self._start_scheduler(ends, slots, max_len, max_batch, max_queue, prefill_chunk)
 
-    def _eos_ids(self) -> set[int]:
-        ids = set()
-        for source in (self.model.generation_config, self.model.config, self.tokenizer):
-            value = getattr(source, "eos_token_id", None)
-            ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
-        return ids
-
-    # -- the tensors behind SlotEngine -------------------------------------------------------
-    def _loop_context(self):
-        return torch.inference_mode()
-
-    def _copy_kv(self, dst: int, src: int, length: int) -> None:
+    # -- the ModelRunner -------------------------------------------------------------------
+    @torch.inference_mode()
+    def copy_kv(self, dst: int, src: int, length: int) -> None:
         self.cache.copy(dst, src, length)
 
-    def _swap_kv(self, a: int, b: int, length: int) -> None:
+    @torch.inference_mode()
+    def swap_kv(self, a: int, b: int, length: int) -> None:
         self.cache.swap(a, b, length)
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,47 +146,21 @@ class TorchBackend(SlotEngine):
         )
         return self._lm_head(out.last_hidden_state[:, -1]).float()
 
-    def _prefill_logits(self, slot: int, start: int, chunk: list[int]) -> torch.Tensor:
+    @torch.inference_mode()
+    def prefill(self, slot: int, start: int, chunk: list[int]) -> np.ndarray:
         n = len(chunk)
         ids = torch.tensor([chunk], device=self.device)
         positions = torch.arange(start, start + n, device=self.device).unsqueeze(0)
         keys = torch.arange(start + n, device=self.device)
         mask = (keys.unsqueeze(0) <= positions[0].unsqueeze(1)).view(1, 1, n, start + n)
         self.cache.set_prefill(slot, start, n)
-        return self._forward(ids, positions, mask)[0]
+        return self._forward(ids, positions, mask)[0].cpu().numpy()
 
-    def _decode_logits(self, lengths: list[int], tokens: list[int]) -> torch.Tensor:
+    @torch.inference_mode()
+    def decode(self, lengths: list[int], tokens: list[int]) -> np.ndarray:
         positions = torch.tensor(lengths, device=self.device)
         kv_len = int(positions.max()) + 1
         ids = torch.tensor([[t] for t in tokens], device=self.device)
         mask = (torch.arange(kv_len, device=self.device).unsqueeze(0) <= positions.unsqueeze(1)).view(len(tokens), 1, 1, kv_len)
         self.cache.set_decode(positions, kv_len)
-        return self._forward(ids, positions.unsqueeze(1), mask)
-
-    def _start_sampling(self, job: Job) -> None:
-        if job.request.params.seed is not None:
-            job.rng = torch.Generator(device=self.device).manual_seed(int(job.request.params.seed))
-        job.seen = torch.tensor(sorted(set(job.prompt_ids)), dtype=torch.long, device=self.device)
-
-    def _add_seen(self, job: Job, token: int) -> None:
-        job.seen = torch.cat([job.seen, torch.tensor([token], device=self.device)])
-
-    def _sample(self, job: Job, logits: torch.Tensor) -> int:
-        p = job.request.params
-        if p.repetition_penalty != 1.0:
-            scores = logits[job.seen]
-            logits[job.seen] = torch.where(scores > 0, scores / p.repetition_penalty, scores * p.repetition_penalty)
-        if p.temperature <= 0:
-            return int(torch.argmax(logits))
-        # Work on the top-k candidates only (sorted), not the whole vocabulary.
-        if p.top_k > 0:
-            values, index = torch.topk(logits, min(p.top_k, logits.numel()))
-        else:
-            values, index = torch.sort(logits, descending=True)
-        values = values / p.temperature
-        if p.top_p < 1.0:
-            probs = torch.softmax(values, dim=-1)
-            beyond = probs.cumsum(-1) - probs > p.top_p  # keep the token that crosses top_p
-            values = values.masked_fill(beyond, float("-inf"))
-        choice = torch.multinomial(torch.softmax(values, dim=-1), 1, generator=job.rng)
-        return int(index[choice])
+        return self._forward(ids, positions.unsqueeze(1), mask).cpu().numpy()

@@ -42,8 +42,9 @@ from typing import Any
 
 from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from
 from steernpc.generation.detokenize import TextAssembler
+from steernpc.generation.kv_slots import common_prefix
+from steernpc.generation.sampling import eos_ids
 from steernpc.generation.stream import Stream
-from steernpc.generation.slot_engine import common_prefix
 
 INSTALL_HINT = (
     "TensorRT-LLM is not installed. The trtllm backend runs on an NVIDIA GPU server with "
@@ -250,7 +251,7 @@ class TrtllmBackend(Backend):
 
             tokenizer = models.load_tokenizer(checkpoint if (checkpoint / "tokenizer_config.json").exists() else checkpoint.parent)
         self.tokenizer = tokenizer
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_ids(getattr(tokenizer, "eos_token_id", None), (self.card or {}).get("eos_token_ids"))
         self.max_queue = max_queue
         self.prefix_priority = int(prefix_priority)
         self.prefix_min_tokens = int(prefix_min_tokens)
@@ -264,15 +265,6 @@ class TrtllmBackend(Backend):
         self._thread = threading.Thread(target=self._loop.run_forever, name="steernpc-trtllm-loop", daemon=True)
         self._thread.start()
         self._watch_future = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for value in (getattr(self.tokenizer, "eos_token_id", None), (self.card or {}).get("eos_token_ids")):
-            if isinstance(value, (list, tuple)):
-                ids.update(int(v) for v in value)
-            elif value is not None:
-                ids.add(int(value))
-        return ids
 
     # -- request mapping (pure; unit-tested) ---------------------------------------------
     def sampling_params(self, request: GenerationRequest) -> Any:

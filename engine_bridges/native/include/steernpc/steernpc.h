@@ -18,19 +18,21 @@
  *     worker thread if a frame hitch matters.
  *
  * ERRORS
- *   Functions returning int: a value >= 0 means success; a negative value is the negated gRPC
- *   status code of the failure (e.g. -5 NOT_FOUND, -14 UNAVAILABLE, -16 UNAUTHENTICATED; local
- *   argument errors are -3 INVALID_ARGUMENT). npc_last_error() / npc_last_error_code() give the
- *   message and code of the last failure on the calling thread. Failures of a streamed reply
- *   arrive as an NPC_EVENT_ERROR event instead.
+ *   Status codes are the gRPC codes, named in npc_status (NPC_OK, NPC_NOT_FOUND, ...).
+ *   Functions returning int: a value >= 0 means success; a negative value is the negated status
+ *   of the failure (e.g. -NPC_NOT_FOUND, -NPC_UNAVAILABLE, -NPC_UNAUTHENTICATED; local argument
+ *   errors are -NPC_INVALID_ARGUMENT). npc_last_error() / npc_last_error_code() give the message
+ *   and status of the last failure on the calling thread. Failures of a streamed reply arrive as
+ *   an NPC_EVENT_ERROR event instead.
  *
- * BUFFERS ("size protocol")
- *   Functions that write a string into a caller buffer (char* buf, size_t cap) return the size
- *   the result needs INCLUDING the terminating NUL. The result was written only if that size is
- *   <= cap; otherwise nothing is written (buf[0] is set to NUL when cap > 0) and the caller
- *   retries with a buffer of the returned size. Passing buf = NULL, cap = 0 just asks for the size
- *   (it still performs the call). Binary results (npc_session_export) follow the same rule
- *   without the NUL.
+ * RESULTS
+ *   Calls that return text or bytes (npc_list_characters, npc_session_create[_ex],
+ *   npc_session_get, npc_session_export, npc_session_import) return an npc_result*: the caller
+ *   owns it and frees it with npc_result_free. It holds the whole answer of ONE call, however
+ *   long: there is no buffer to size and no call to repeat (each of these calls is one RPC).
+ *   npc_result_status() is NPC_OK or the failure's status; npc_result_text() /
+ *   npc_result_data() with npc_result_size() give the value, or the error message on failure
+ *   (which npc_last_error() also reports). These functions never return NULL.
  *
  * ATTRIBUTE STRINGS
  *   Attribute vectors travel as "name:value,name:value" (whitespace ignored, '=' accepted for
@@ -39,8 +41,8 @@
  *
  * RECONNECTION
  *   The client keeps one gRPC channel. When the server goes away, calls fail fast with
- *   UNAVAILABLE (14) — an error return for unary calls, an NPC_EVENT_ERROR event for replies in
- *   flight — and the channel reconnects in the background with exponential backoff (250 ms up to
+ *   NPC_UNAVAILABLE (14) — a failed result or negative return for unary calls, an NPC_EVENT_ERROR
+ *   event for replies in flight — and the channel reconnects in the background with exponential backoff (250 ms up to
  *   npc_client_options.max_reconnect_backoff_ms, default 5000 ms). Nothing needs recreating: the
  *   same client works again once the server is back. npc_client_state() reports the state.
  */
@@ -66,12 +68,34 @@ extern "C" {
 #  define NPC_API __attribute__((visibility("default")))
 #endif
 
-#define STEERNPC_VERSION_MAJOR 0
-#define STEERNPC_VERSION_MINOR 1
-#define STEERNPC_VERSION_PATCH 0
+/** Status codes: the gRPC codes (grpc::StatusCode). npc_last_error_code, npc_result_status and
+ *  npc_event.status_code report them as they are; int results report a failure as their
+ *  negation (-NPC_NOT_FOUND). */
+typedef enum npc_status {
+    NPC_OK = 0,
+    NPC_CANCELLED = 1,
+    NPC_UNKNOWN = 2,
+    NPC_INVALID_ARGUMENT = 3,
+    NPC_DEADLINE_EXCEEDED = 4,
+    NPC_NOT_FOUND = 5,
+    NPC_ALREADY_EXISTS = 6,
+    NPC_PERMISSION_DENIED = 7,
+    NPC_RESOURCE_EXHAUSTED = 8,
+    NPC_FAILED_PRECONDITION = 9,
+    NPC_ABORTED = 10,
+    NPC_OUT_OF_RANGE = 11,
+    NPC_UNIMPLEMENTED = 12,
+    NPC_INTERNAL = 13,
+    NPC_UNAVAILABLE = 14,
+    NPC_DATA_LOSS = 15,
+    NPC_UNAUTHENTICATED = 16
+} npc_status;
 
 /** An opaque client: one channel, one completion-queue thread, one event queue. */
 typedef struct npc_client npc_client;
+
+/** The owned answer of one call that returns text or bytes (see RESULTS at the top). */
+typedef struct npc_result npc_result;
 
 /** Identifies one npc_say reply; > 0. Unique within a client. */
 typedef int64_t npc_request_id;
@@ -128,7 +152,7 @@ typedef struct npc_event {
     npc_request_id request_id;   /* the npc_say this event belongs to */
     int32_t type;                /* npc_event_type */
     int32_t finish_reason;       /* DONE: npc_finish_reason */
-    int32_t status_code;         /* ERROR: gRPC status code (e.g. 5 NOT_FOUND, 14 UNAVAILABLE) */
+    int32_t status_code;         /* ERROR: npc_status (e.g. NPC_NOT_FOUND, NPC_UNAVAILABLE) */
     int32_t prompt_tokens;       /* DONE: usage reported by the server */
     int32_t completion_tokens;   /* DONE */
     float server_ttft_ms;        /* DONE: server-side time to first token */
@@ -171,14 +195,15 @@ typedef enum npc_client_state_t {
 /* ---------------------------------------------------------------------------------------- */
 /* Library                                                                                   */
 
-/** "MAJOR.MINOR.PATCH". Static string. */
+/** The library's version, "MAJOR.MINOR.PATCH": the `version` of the repository's
+ *  pyproject.toml, written in at build time (the one source of the version). Static string. */
 NPC_API const char* npc_version(void);
 
 /** Message of the last failure on this thread ("" if none). Valid until the next failing call
  *  on this thread. */
 NPC_API const char* npc_last_error(void);
 
-/** gRPC status code of the last failure on this thread (0 if none). */
+/** npc_status of the last failure on this thread (NPC_OK if none). */
 NPC_API int32_t npc_last_error_code(void);
 
 /* ---------------------------------------------------------------------------------------- */
@@ -196,37 +221,53 @@ NPC_API void npc_client_destroy(npc_client* client);
 NPC_API int32_t npc_client_state(npc_client* client, int32_t try_to_connect);
 
 /** Block up to timeout_ms until the channel is READY (connecting if needed). 0 on success,
- *  -14 (UNAVAILABLE) on timeout. */
+ *  -NPC_UNAVAILABLE on timeout. */
 NPC_API int32_t npc_client_wait_connected(npc_client* client, int32_t timeout_ms);
 
 /* ---------------------------------------------------------------------------------------- */
-/* Characters and sessions (blocking, default deadline)                                      */
+/* Results                                                                                   */
 
-/** Writes the server's characters as a JSON array (steernpc.v1.Character objects with proto
- *  field names: id, name, role, attributes, moods, greeting, schema, limits) into buf.
- *  Size protocol (see top). */
-NPC_API int32_t npc_list_characters(npc_client* client, char* buf, size_t cap);
+/** NPC_OK, or the npc_status of the failure. NULL: NPC_INVALID_ARGUMENT. */
+NPC_API int32_t npc_result_status(const npc_result* result);
 
-/** Create a session for character_id; its id is written to out_id. Size protocol.
- *  -5 (NOT_FOUND) for an unknown character. */
-NPC_API int32_t npc_session_create(npc_client* client, const char* character_id, char* out_id,
-                                   size_t cap);
+/** The value (NPC_OK) or the error message, UTF-8 and NUL-terminated; never NULL (NULL result:
+ *  ""). Binary values (npc_session_export) may contain NULs: use npc_result_size. Valid until
+ *  npc_result_free. */
+NPC_API const char* npc_result_text(const npc_result* result);
+
+/** The same bytes as npc_result_text, for binary values. */
+NPC_API const uint8_t* npc_result_data(const npc_result* result);
+
+/** Bytes in the value (or message), without the terminating NUL. */
+NPC_API size_t npc_result_size(const npc_result* result);
+
+/** Free a result. NULL is ignored. */
+NPC_API void npc_result_free(npc_result* result);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Characters and sessions (blocking, default deadline; one RPC each)                        */
+
+/** The server's characters as a JSON array (steernpc.v1.Character objects with proto field
+ *  names: id, name, role, attributes, moods, greeting, schema, limits). */
+NPC_API npc_result* npc_list_characters(npc_client* client);
+
+/** Create a session for character_id; the result is its id. NPC_NOT_FOUND for an unknown
+ *  character. */
+NPC_API npc_result* npc_session_create(npc_client* client, const char* character_id);
 
 /** npc_session_create with mood, attributes, player name or a client-chosen id. */
-NPC_API int32_t npc_session_create_ex(npc_client* client, const npc_session_options* options,
-                                      char* out_id, size_t cap);
+NPC_API npc_result* npc_session_create_ex(npc_client* client, const npc_session_options* options);
 
 /** The session as JSON (steernpc.v1.Session: session_id, character_id, mood, attributes,
- *  turns). Size protocol. */
-NPC_API int32_t npc_session_get(npc_client* client, const char* session_id, char* buf,
-                                size_t cap);
+ *  turns). */
+NPC_API npc_result* npc_session_get(npc_client* client, const char* session_id);
 
 /** Delete a session. 0 on success. */
 NPC_API int32_t npc_session_delete(npc_client* client, const char* session_id);
 
 /** Steer a session for the rest of its life: mood (NULL/"" = keep) and attributes
- *  ("name:value,...", NULL/"" = none). 0 on success; -3 with the field named for an unknown
- *  attribute or an out-of-range value. */
+ *  ("name:value,...", NULL/"" = none). 0 on success; -NPC_INVALID_ARGUMENT with the field named
+ *  for an unknown attribute or an out-of-range value. */
 NPC_API int32_t npc_steer(npc_client* client, const char* session_id, const char* mood,
                           const char* attributes);
 
@@ -234,19 +275,17 @@ NPC_API int32_t npc_steer(npc_client* client, const char* session_id, const char
 NPC_API int32_t npc_steer_ex(npc_client* client, const char* session_id, const char* mood,
                              const char* attributes, int32_t clear);
 
-/** Snapshot a session (msgpack bytes, for save games) into buf. Size protocol, no NUL. */
-NPC_API int32_t npc_session_export(npc_client* client, const char* session_id, uint8_t* buf,
-                                   size_t cap);
+/** Snapshot a session (msgpack bytes, for save games): npc_result_data / npc_result_size. */
+NPC_API npc_result* npc_session_export(npc_client* client, const char* session_id);
 
-/** Restore a snapshot; the session's id is written to out_id. Size protocol. */
-NPC_API int32_t npc_session_import(npc_client* client, const uint8_t* data, size_t len,
-                                   char* out_id, size_t cap);
+/** Restore a snapshot; the result is the session's id. */
+NPC_API npc_result* npc_session_import(npc_client* client, const uint8_t* data, size_t len);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Replies (non-blocking)                                                                    */
 
 /** Start a streamed reply to `text` in a session. Returns its request id (> 0), or a negative
- *  status (-3 bad arguments, e.g. an unparsable attribute string). Everything else — unknown
+ *  status (-NPC_INVALID_ARGUMENT: bad arguments, e.g. an unparsable attribute string). Everything else — unknown
  *  session, server down, bad attribute values — arrives as an NPC_EVENT_ERROR event.
  *  attribute_overrides: this reply only, "name:value,..." or NULL. */
 NPC_API npc_request_id npc_say(npc_client* client, const char* session_id, const char* text,
@@ -258,7 +297,8 @@ NPC_API npc_request_id npc_say_ex(npc_client* client, const char* session_id, co
 
 /** Ask the server to stop a reply. The reply then ends with an NPC_EVENT_DONE whose
  *  finish_reason is NPC_FINISH_CANCELLED (or with its normal done if it had already finished).
- *  0 if the request was in flight, -5 if it is unknown or already finished. Non-blocking. */
+ *  0 if the request was in flight, -NPC_NOT_FOUND if it is unknown or already finished.
+ *  Non-blocking. */
 NPC_API int32_t npc_cancel(npc_client* client, npc_request_id request_id);
 
 /** Take the next event, if any. 1 = an event was written to *out, 0 = none (out->type =

@@ -6,6 +6,8 @@
 //   * structs are blittable (ints, floats, IntPtr) and laid out exactly as in the C header;
 //   * strings coming out of an event are read with Utf8.FromPtr right away: they belong to the
 //     native library and stay valid only until the next npc_poll on the same thread;
+//   * calls that return text or bytes return an npc_result* (ResultHandle): the whole answer of
+//     one RPC, copied out and freed with npc_result_free; no call is ever repeated to size a buffer;
 //   * no callbacks cross the boundary: nothing native ever calls into managed code.
 using System;
 using System.Runtime.InteropServices;
@@ -99,13 +101,25 @@ namespace SteerNpc
         internal static extern int npc_client_wait_connected(ClientHandle client, int timeoutMs);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
-        internal static extern int npc_list_characters(ClientHandle client, byte[] buf, UIntPtr cap);
+        internal static extern int npc_result_status(ResultHandle result);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
-        internal static extern int npc_session_create_ex(ClientHandle client, ref SessionOptions options, byte[] outId, UIntPtr cap);
+        internal static extern IntPtr npc_result_data(ResultHandle result);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
-        internal static extern int npc_session_get(ClientHandle client, byte[] sessionId, byte[] buf, UIntPtr cap);
+        internal static extern UIntPtr npc_result_size(ResultHandle result);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern void npc_result_free(IntPtr result);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern ResultHandle npc_list_characters(ClientHandle client);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern ResultHandle npc_session_create_ex(ClientHandle client, ref SessionOptions options);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern ResultHandle npc_session_get(ClientHandle client, byte[] sessionId);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
         internal static extern int npc_session_delete(ClientHandle client, byte[] sessionId);
@@ -114,10 +128,10 @@ namespace SteerNpc
         internal static extern int npc_steer_ex(ClientHandle client, byte[] sessionId, byte[] mood, byte[] attributes, int clear);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
-        internal static extern int npc_session_export(ClientHandle client, byte[] sessionId, byte[] buf, UIntPtr cap);
+        internal static extern ResultHandle npc_session_export(ClientHandle client, byte[] sessionId);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
-        internal static extern int npc_session_import(ClientHandle client, byte[] data, UIntPtr len, byte[] outId, UIntPtr cap);
+        internal static extern ResultHandle npc_session_import(ClientHandle client, byte[] data, UIntPtr len);
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
         internal static extern long npc_say_ex(ClientHandle client, byte[] sessionId, byte[] text, ref SayOptions options);
@@ -149,6 +163,33 @@ namespace SteerNpc
         }
     }
 
+    /// <summary>Owns an npc_result*; npc_result_free runs exactly once, even from the finalizer.</summary>
+    internal sealed class ResultHandle : SafeHandle
+    {
+        public ResultHandle() : base(IntPtr.Zero, true) { }
+
+        public override bool IsInvalid { get { return handle == IntPtr.Zero; } }
+
+        /// <summary>The value (or, when Status is not Ok, the error message) as bytes.</summary>
+        public byte[] Bytes()
+        {
+            if (IsInvalid) return new byte[0];
+            int size = checked((int)(ulong)NativeMethods.npc_result_size(this));
+            var bytes = new byte[size];
+            if (size > 0) Marshal.Copy(NativeMethods.npc_result_data(this), bytes, 0, size);
+            return bytes;
+        }
+
+        /// <summary>npc_result_status: 0 (Ok) or the failure's status code.</summary>
+        public int Status { get { return IsInvalid ? StatusCodes.Internal : NativeMethods.npc_result_status(this); } }
+
+        protected override bool ReleaseHandle()
+        {
+            NativeMethods.npc_result_free(handle);
+            return true;
+        }
+    }
+
     /// <summary>UTF-8 helpers for the C ABI.</summary>
     internal static class Utf8
     {
@@ -174,13 +215,6 @@ namespace SteerNpc
             var bytes = new byte[length];
             Marshal.Copy(p, bytes, 0, length);
             return Encoding.UTF8.GetString(bytes);
-        }
-
-        /// <summary>A NUL-terminated C string in a buffer written by the size protocol.</summary>
-        public static string FromBuffer(byte[] buf)
-        {
-            int n = Array.IndexOf(buf, (byte)0);
-            return Encoding.UTF8.GetString(buf, 0, n < 0 ? buf.Length : n);
         }
     }
 

@@ -23,11 +23,13 @@ namespace SteerNpc
 
     public enum ConnectionState { Idle = 0, Connecting = 1, Ready = 2, TransientFailure = 3, Shutdown = 4 }
 
-    /// <summary>gRPC status codes that the bridge reports (StatusCode of errors).</summary>
+    /// <summary>The status codes the bridge reports (StatusCode of errors): npc_status of the C
+    /// header, which names the gRPC codes. tests/test_unity_csharp.py checks that the two agree.</summary>
     public static class StatusCodes
     {
-        public const int Ok = 0, Cancelled = 1, InvalidArgument = 3, DeadlineExceeded = 4, NotFound = 5,
-            ResourceExhausted = 8, FailedPrecondition = 9, Internal = 13, Unavailable = 14, Unauthenticated = 16;
+        public const int Ok = 0, Cancelled = 1, Unknown = 2, InvalidArgument = 3, DeadlineExceeded = 4, NotFound = 5,
+            AlreadyExists = 6, PermissionDenied = 7, ResourceExhausted = 8, FailedPrecondition = 9, Aborted = 10,
+            OutOfRange = 11, Unimplemented = 12, Internal = 13, Unavailable = 14, DataLoss = 15, Unauthenticated = 16;
     }
 
     /// <summary>One event of a streamed reply, copied out of native memory.</summary>
@@ -235,7 +237,7 @@ namespace SteerNpc
                 };
                 _handle = NativeMethods.npc_client_create(ref o);
             }
-            if (_handle == null || _handle.IsInvalid) throw LastError(-3);
+            if (_handle == null || _handle.IsInvalid) throw LastError(-StatusCodes.InvalidArgument);
         }
 
         public static string NativeVersion { get { return Utf8.FromPtr(NativeMethods.npc_version()); } }
@@ -257,8 +259,7 @@ namespace SteerNpc
 
         public string ListCharactersJson()
         {
-            var handle = Handle;
-            return CallForString(delegate (byte[] buf, UIntPtr cap) { return NativeMethods.npc_list_characters(handle, buf, cap); }, 16384);
+            return Text(NativeMethods.npc_list_characters(Handle));
         }
 
         public List<NpcCharacterInfo> ListCharacters()
@@ -310,20 +311,14 @@ namespace SteerNpc
                     characterId = strings.Add(characterId), sessionId = strings.Add(sessionId),
                     mood = strings.Add(mood), attributes = strings.Add(attributes), playerName = strings.Add(playerName),
                 };
-                var buf = new byte[1024];  // never called twice: that would create two sessions
-                int n = NativeMethods.npc_session_create_ex(handle, ref o, buf, (UIntPtr)buf.Length);
-                if (n < 0) throw LastError(n);
-                if (n > buf.Length) throw new SteerNpcException(StatusCodes.Internal, "session id longer than 1 KiB");
-                return Utf8.FromBuffer(buf);
+                return Text(NativeMethods.npc_session_create_ex(handle, ref o));
             }
         }
 
         /// <summary>The session as JSON (session_id, character_id, mood, attributes, turns).</summary>
         public string GetSessionJson(string sessionId)
         {
-            var handle = Handle;
-            byte[] id = Utf8.Z(sessionId);
-            return CallForString(delegate (byte[] buf, UIntPtr cap) { return NativeMethods.npc_session_get(handle, id, buf, cap); }, 1024);
+            return Text(NativeMethods.npc_session_get(Handle, Utf8.Z(sessionId)));
         }
 
         public void DeleteSession(string sessionId)
@@ -345,32 +340,14 @@ namespace SteerNpc
         /// <summary>A save-game snapshot of the session (msgpack bytes).</summary>
         public byte[] ExportSession(string sessionId)
         {
-            var handle = Handle;
-            byte[] id = Utf8.Z(sessionId);
-            byte[] buf = new byte[4096];
-            int n = NativeMethods.npc_session_export(handle, id, buf, (UIntPtr)buf.Length);
-            if (n < 0) throw LastError(n);
-            if (n > buf.Length)
-            {
-                buf = new byte[n];
-                n = NativeMethods.npc_session_export(handle, id, buf, (UIntPtr)buf.Length);
-                if (n < 0) throw LastError(n);
-                if (n > buf.Length) throw new SteerNpcException(StatusCodes.Internal, "snapshot grew between two calls");
-            }
-            var result = new byte[n];
-            Array.Copy(buf, result, n);
-            return result;
+            return Bytes(NativeMethods.npc_session_export(Handle, Utf8.Z(sessionId)));
         }
 
         /// <summary>Restore a snapshot; returns its session id.</summary>
         public string ImportSession(byte[] snapshot)
         {
             if (snapshot == null) throw new ArgumentNullException("snapshot");
-            var buf = new byte[1024];
-            int n = NativeMethods.npc_session_import(Handle, snapshot, (UIntPtr)snapshot.Length, buf, (UIntPtr)buf.Length);
-            if (n < 0) throw LastError(n);
-            if (n > buf.Length) throw new SteerNpcException(StatusCodes.Internal, "session id longer than 1 KiB");
-            return Utf8.FromBuffer(buf);
+            return Text(NativeMethods.npc_session_import(Handle, snapshot, (UIntPtr)snapshot.Length));
         }
 
         // ---- replies (non-blocking) ------------------------------------------------------------
@@ -507,22 +484,23 @@ namespace SteerNpc
             reply.Dispatch(e);
         }
 
-        private delegate int SizedCall(byte[] buf, UIntPtr cap);
-
-        // The size protocol: call, and once more with the size it asked for.
-        private static string CallForString(SizedCall call, int initial)
+        // An npc_result: the whole answer of one call (one RPC), copied out and freed; a failure
+        // throws with the result's status and message.
+        private static byte[] Bytes(ResultHandle result)
         {
-            var buf = new byte[initial];
-            int n = call(buf, (UIntPtr)buf.Length);
-            if (n < 0) throw LastError(n);
-            if (n > buf.Length)
+            using (result)
             {
-                buf = new byte[n];
-                n = call(buf, (UIntPtr)buf.Length);
-                if (n < 0) throw LastError(n);
-                if (n > buf.Length) throw new SteerNpcException(StatusCodes.Internal, "result grew between two calls");
+                int status = result.Status;
+                byte[] bytes = result.Bytes();
+                if (status == StatusCodes.Ok) return bytes;
+                string message = Encoding.UTF8.GetString(bytes);
+                throw new SteerNpcException(status, string.IsNullOrEmpty(message) ? "steernpc error " + status : message);
             }
-            return Utf8.FromBuffer(buf);
+        }
+
+        private static string Text(ResultHandle result)
+        {
+            return Encoding.UTF8.GetString(Bytes(result));
         }
 
         private static void Check(int result)

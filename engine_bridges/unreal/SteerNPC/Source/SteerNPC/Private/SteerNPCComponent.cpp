@@ -2,6 +2,8 @@
 
 #include "SteerNPCLog.h"
 
+#include <steernpc/steernpc.h>
+
 USteerNPCComponent::USteerNPCComponent()
 {
 	PrimaryComponentTick.bCanEverTick = false;  // the subsystem ticks and routes events here
@@ -36,7 +38,7 @@ void USteerNPCComponent::StartSession()
 	USteerNPCSubsystem* Subsystem = USteerNPCSubsystem::Get(this);
 	if (Subsystem == nullptr)
 	{
-		OnError.Broadcast(0, 9, TEXT("no SteerNPC subsystem (not in a game world)"));
+		OnError.Broadcast(0, NPC_FAILED_PRECONDITION, TEXT("no SteerNPC subsystem (not in a game world)"));
 		return;
 	}
 	TWeakObjectPtr<USteerNPCComponent> WeakThis(this);
@@ -55,7 +57,7 @@ void USteerNPCComponent::RestoreSession(const TArray<uint8>& Snapshot)
 	USteerNPCSubsystem* Subsystem = USteerNPCSubsystem::Get(this);
 	if (Subsystem == nullptr)
 	{
-		OnError.Broadcast(0, 9, TEXT("no SteerNPC subsystem (not in a game world)"));
+		OnError.Broadcast(0, NPC_FAILED_PRECONDITION, TEXT("no SteerNPC subsystem (not in a game world)"));
 		return;
 	}
 	CancelReply();
@@ -102,7 +104,7 @@ int64 USteerNPCComponent::SayWithHandler(const FString& Text, const FString& Per
 	USteerNPCSubsystem* Subsystem = USteerNPCSubsystem::Get(this);
 	if (Subsystem == nullptr)
 	{
-		OnError.Broadcast(0, 9, TEXT("no SteerNPC subsystem"));
+		OnError.Broadcast(0, NPC_FAILED_PRECONDITION, TEXT("no SteerNPC subsystem"));
 		return 0;
 	}
 	CancelReply();  // one line at a time per NPC
@@ -113,11 +115,11 @@ int64 USteerNPCComponent::SayWithHandler(const FString& Text, const FString& Per
 	{
 		FSteerNPCEvent Failed;
 		Failed.Type = ESteerNPCEventType::Error;
-		Failed.StatusCode = 3;
+		Failed.StatusCode = NPC_INVALID_ARGUMENT;
 		Failed.Text = Error;
 		Failed.SessionId = SessionId;
 		Extra.ExecuteIfBound(Failed);
-		OnError.Broadcast(0, 3, Error);
+		OnError.Broadcast(0, NPC_INVALID_ARGUMENT, Error);
 		return 0;
 	}
 	CurrentRequest = Id;
@@ -221,7 +223,7 @@ bool USteerNPCComponent::SaveSession(TArray<uint8>& OutSnapshot)
 	FString Error;
 	if (Subsystem == nullptr || SessionId.IsEmpty() || !Subsystem->ExportSession(SessionId, OutSnapshot, Error))
 	{
-		OnError.Broadcast(0, Subsystem == nullptr || SessionId.IsEmpty() ? 9 : 13, Error.IsEmpty() ? TEXT("no session") : Error);
+		OnError.Broadcast(0, Subsystem == nullptr || SessionId.IsEmpty() ? NPC_FAILED_PRECONDITION : NPC_INTERNAL, Error.IsEmpty() ? TEXT("no session") : Error);
 		return false;
 	}
 	return true;

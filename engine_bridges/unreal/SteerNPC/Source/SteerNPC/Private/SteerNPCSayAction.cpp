@@ -2,6 +2,8 @@
 
 #include "SteerNPCComponent.h"
 
+#include <steernpc/steernpc.h>
+
 USteerNPCSayAction* USteerNPCSayAction::SteerNPCSay(UObject* WorldContextObject, USteerNPCComponent* Npc, const FString& Text,
                                                     const FString& AttributeOverrides)
 {
@@ -18,7 +20,7 @@ void USteerNPCSayAction::Activate()
 	USteerNPCComponent* Component = Npc.Get();
 	if (Component == nullptr)
 	{
-		Fail(3, TEXT("SteerNPC Say: no SteerNPC component given"));
+		Fail(NPC_INVALID_ARGUMENT, TEXT("SteerNPC Say: no SteerNPC component given"));
 		return;
 	}
 	// Component->Say routes this reply's events to the component's own delegates as well.

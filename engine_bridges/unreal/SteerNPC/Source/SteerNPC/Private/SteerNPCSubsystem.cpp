@@ -39,6 +39,22 @@ namespace
 
 	FString LastError() { return FromUtf8(npc_last_error()); }
 
+	/** Owns an npc_result: the whole answer of one call (one RPC; never repeated to size a buffer). */
+	struct FResult
+	{
+		explicit FResult(npc_result* InResult) : Result(InResult) {}
+		~FResult() { npc_result_free(Result); }
+		FResult(const FResult&) = delete;
+		FResult& operator=(const FResult&) = delete;
+
+		int32 Status() const { return npc_result_status(Result); }
+		bool Ok() const { return Status() == NPC_OK; }
+		/** The value, or the error message when !Ok(). */
+		FString Text() const { return FromUtf8(npc_result_text(Result), static_cast<int32>(npc_result_size(Result))); }
+
+		npc_result* Result;
+	};
+
 	template <typename Fn>
 	void OnGameThread(Fn&& Callback)
 	{
@@ -190,7 +206,7 @@ void USteerNPCSubsystem::CreateSessionAsync(const FString& CharacterId, const FS
 	FSteerNPCClientRef Ref = Client;
 	if (!Ref.IsValid())
 	{
-		Done(FString(), 9, TEXT("SteerNPC client is not available"));
+		Done(FString(), NPC_FAILED_PRECONDITION, TEXT("SteerNPC client is not available"));
 		return;
 	}
 	Async(EAsyncExecution::ThreadPool, [Ref, CharacterId, Mood, Attributes, PlayerName, Done = MoveTemp(Done)]() mutable
@@ -201,11 +217,10 @@ void USteerNPCSubsystem::CreateSessionAsync(const FString& CharacterId, const FS
 		Options.mood = MoodUtf8.OrNull(Mood);
 		Options.attributes = Attrs.OrNull(Attributes);
 		Options.player_name = Player.OrNull(PlayerName);
-		char Id[256];
-		const int32 Result = npc_session_create_ex(Ref->Get(), &Options, Id, sizeof(Id));
-		const FString SessionId = Result > 0 && Result <= int32(sizeof(Id)) ? FromUtf8(Id) : FString();
-		const int32 Status = Result < 0 ? -Result : (SessionId.IsEmpty() ? 13 : 0);
-		const FString Error = Result < 0 ? LastError() : FString();
+		const FResult Result(npc_session_create_ex(Ref->Get(), &Options));
+		const int32 Status = Result.Status();
+		const FString SessionId = Result.Ok() ? Result.Text() : FString();
+		const FString Error = Result.Ok() ? FString() : Result.Text();
 		OnGameThread([Done = MoveTemp(Done), SessionId, Status, Error]() { Done(SessionId, Status, Error); });
 	});
 }
@@ -216,16 +231,15 @@ void USteerNPCSubsystem::ImportSessionAsync(const TArray<uint8>& Snapshot,
 	FSteerNPCClientRef Ref = Client;
 	if (!Ref.IsValid())
 	{
-		Done(FString(), 9, TEXT("SteerNPC client is not available"));
+		Done(FString(), NPC_FAILED_PRECONDITION, TEXT("SteerNPC client is not available"));
 		return;
 	}
 	Async(EAsyncExecution::ThreadPool, [Ref, Snapshot, Done = MoveTemp(Done)]() mutable
 	{
-		char Id[256];
-		const int32 Result = npc_session_import(Ref->Get(), Snapshot.GetData(), Snapshot.Num(), Id, sizeof(Id));
-		const FString SessionId = Result > 0 && Result <= int32(sizeof(Id)) ? FromUtf8(Id) : FString();
-		const int32 Status = Result < 0 ? -Result : (SessionId.IsEmpty() ? 13 : 0);
-		const FString Error = Result < 0 ? LastError() : FString();
+		const FResult Result(npc_session_import(Ref->Get(), Snapshot.GetData(), Snapshot.Num()));
+		const int32 Status = Result.Status();
+		const FString SessionId = Result.Ok() ? Result.Text() : FString();
+		const FString Error = Result.Ok() ? FString() : Result.Text();
 		OnGameThread([Done = MoveTemp(Done), SessionId, Status, Error]() { Done(SessionId, Status, Error); });
 	});
 }
@@ -236,7 +250,7 @@ void USteerNPCSubsystem::SteerAsync(const FString& SessionId, const FString& Moo
 	FSteerNPCClientRef Ref = Client;
 	if (!Ref.IsValid())
 	{
-		if (Done) Done(9, TEXT("SteerNPC client is not available"));
+		if (Done) Done(NPC_FAILED_PRECONDITION, TEXT("SteerNPC client is not available"));
 		return;
 	}
 	Async(EAsyncExecution::ThreadPool, [Ref, SessionId, Mood, Attributes, bClear, Done = MoveTemp(Done)]() mutable
@@ -272,20 +286,13 @@ bool USteerNPCSubsystem::ListCharactersJson(FString& OutJson, FString& OutError)
 		OutError = TEXT("SteerNPC client is not available");
 		return false;
 	}
-	TArray<char> Buffer;
-	Buffer.SetNumUninitialized(16 * 1024);
-	int32 Need = npc_list_characters(Client->Get(), Buffer.GetData(), Buffer.Num());
-	if (Need > Buffer.Num())
+	const FResult Result(npc_list_characters(Client->Get()));
+	if (!Result.Ok())
 	{
-		Buffer.SetNumUninitialized(Need);
-		Need = npc_list_characters(Client->Get(), Buffer.GetData(), Buffer.Num());
-	}
-	if (Need < 0 || Need > Buffer.Num())
-	{
-		OutError = Need < 0 ? LastError() : TEXT("character list changed between two calls");
+		OutError = Result.Text();
 		return false;
 	}
-	OutJson = FromUtf8(Buffer.GetData());
+	OutJson = Result.Text();
 	return true;
 }
 
@@ -297,19 +304,14 @@ bool USteerNPCSubsystem::ExportSession(const FString& SessionId, TArray<uint8>& 
 		return false;
 	}
 	FUtf8 Session(SessionId);
-	int32 Need = npc_session_export(Client->Get(), Session.Get(), nullptr, 0);
-	if (Need >= 0)
+	const FResult Result(npc_session_export(Client->Get(), Session.Get()));
+	OutSnapshot.Reset();
+	if (!Result.Ok())
 	{
-		OutSnapshot.SetNumUninitialized(Need);
-		Need = npc_session_export(Client->Get(), Session.Get(), OutSnapshot.GetData(), OutSnapshot.Num());
-	}
-	if (Need < 0 || Need > OutSnapshot.Num())
-	{
-		OutError = Need < 0 ? LastError() : TEXT("snapshot grew between two calls");
-		OutSnapshot.Reset();
+		OutError = Result.Text();
 		return false;
 	}
-	OutSnapshot.SetNum(Need);
+	OutSnapshot.Append(npc_result_data(Result.Result), static_cast<int32>(npc_result_size(Result.Result)));
 	return true;
 }
 

@@ -58,7 +58,7 @@ public:
 	UPROPERTY(BlueprintAssignable, Category = "SteerNPC")
 	FSteerNPCReplySignature OnReplyDone;
 
-	/** A reply or a session call failed (StatusCode: gRPC code, e.g. 14 = server unavailable). */
+	/** A reply or a session call failed (StatusCode: npc_status, the gRPC code, e.g. NPC_UNAVAILABLE = 14). */
 	UPROPERTY(BlueprintAssignable, Category = "SteerNPC")
 	FSteerNPCErrorSignature OnError;
 

@@ -66,7 +66,7 @@ public:
 	UFUNCTION(BlueprintCallable, Category = "SteerNPC")
 	bool CancelReply(int64 RequestId);
 
-	/** Blocking calls on a worker thread; Done runs on the game thread. Status 0 = OK, else a gRPC code. */
+	/** Blocking calls on a worker thread; Done runs on the game thread. Status NPC_OK (0), else an npc_status (the gRPC code). */
 	void CreateSessionAsync(const FString& CharacterId, const FString& Mood, const FString& Attributes, const FString& PlayerName,
 	                        TFunction<void(const FString& SessionId, int32 Status, const FString& Error)> Done);
 	void ImportSessionAsync(const TArray<uint8>& Snapshot, TFunction<void(const FString& SessionId, int32 Status, const FString& Error)> Done);

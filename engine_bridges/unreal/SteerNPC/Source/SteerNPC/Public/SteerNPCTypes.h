@@ -47,7 +47,7 @@ struct STEERNPC_API FSteerNPCEvent
 	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
 	ESteerNPCFinishReason FinishReason = ESteerNPCFinishReason::Unspecified;
 
-	/** Error: gRPC status code (5 NOT_FOUND, 14 UNAVAILABLE, 16 UNAUTHENTICATED, ...). */
+	/** Error: npc_status, the gRPC code (NPC_NOT_FOUND 5, NPC_UNAVAILABLE 14, NPC_UNAUTHENTICATED 16, ...). */
 	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
 	int32 StatusCode = 0;
 

@@ -1,0 +1,256 @@
+"""The continuous-batching scheduler that the torch and onnx backends share: admission,
+the batch, cancel.
+
+One engine thread runs one loop for every request. Each iteration prefills at most one
+chunk of a waiting prompt (batch 1), then decodes one token for every running request in
+one batched forward pass. Running requests always occupy KV slots 0..B-1 (see kv_slots),
+so a decode reads one contiguous view of the pool.
+
+The model is a `ModelRunner` (runner.py): the forward passes and the K/V copies. Tokens
+come from the shared `Sampler` (sampling.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from steernpc.generation.base import Delta, Finished, GenerationRequest, QueueFull, finished_from
+from steernpc.generation.detokenize import TextAssembler
+from steernpc.generation.kv_slots import KvSlots
+from steernpc.generation.sampling import Sampler
+from steernpc.generation.stream import Stream
+
+if TYPE_CHECKING:
+    from steernpc.generation.runner import ModelRunner
+
+
+@dataclass
+class Job:
+    request: GenerationRequest
+    stream: Stream
+    prompt_ids: list[int]
+    submitted: float
+    assembler: TextAssembler
+    stop_ids: frozenset = frozenset()  # stop strings that are one special token
+    slot: int = -1
+    prefilled: int = 0  # prompt tokens whose K/V are in the slot
+    cached: int = 0
+    generated: list[int] = field(default_factory=list)
+    next_token: int | None = None
+    sampler: Sampler | None = None
+    first_token_at: float | None = None
+    hit_eos: bool = False
+
+
+class Scheduler:
+    """Drives `runner` over `slots` KV slots of `max_len` tokens from its own thread.
+    `eos_ids` end a reply (unless the request ignores them); callers may replace the set."""
+
+    def __init__(
+        self,
+        runner: "ModelRunner",
+        tokenizer: Any,
+        eos_ids: set[int],
+        *,
+        slots: int,
+        max_len: int,
+        max_batch: int,
+        max_queue: int,
+        prefill_chunk: int,
+        thread_name: str = "steernpc-engine",
+    ):
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.max_len = max_len
+        self.max_batch = max(1, min(max_batch, slots - 1))  # one slot stays free for the prefill
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self.kv = KvSlots(slots, runner)
+        self._special_ids = dict(getattr(tokenizer, "get_added_vocab", dict)() or {})
+        self._rng = np.random.default_rng()  # unseeded requests share it
+        self._pending: collections.deque[Job] = collections.deque()
+        self._prefilling: Job | None = None
+        self._running: list[Job] = []  # row i lives in slot i
+        self._drops: list[str] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
+        self._thread.start()
+
+    # -- public API ------------------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> Stream:
+        request.params.validate()
+        stream = Stream(request.request_id)
+        ids = self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
+        # A stop string that is one special token also stops on its id (it never shows in
+        # the decoded text, which skips special tokens).
+        stops = [] if request.params.ignore_eos else request.stop
+        stop_ids = frozenset(self._special_ids[s] for s in stops if s in self._special_ids)
+        job = Job(request, stream, ids, time.perf_counter(), TextAssembler(self.tokenizer, stops), stop_ids)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("backend is closed")
+            if self._error is not None:
+                raise RuntimeError(f"generation engine failed: {self._error}")
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"generation queue is full ({self.max_queue} waiting); retry shortly")
+            if not ids:
+                raise ValueError("empty prompt")
+            if len(ids) + 1 >= self.max_len:
+                raise ValueError(f"prompt is {len(ids)} tokens; this backend holds at most {self.max_len - 1}")
+            self._pending.append(job)
+            self._cond.notify()
+        return stream
+
+    def drop_cache(self, cache_key: str) -> None:
+        with self._cond:
+            self._drops.append(cache_key)
+            self._cond.notify()
+
+    def stats(self) -> dict[str, float]:
+        with self._cond:
+            return {
+                "queue_depth": len(self._pending) + (1 if self._prefilling else 0),
+                "running": len(self._running),
+                "parked_sessions": self.kv.parked(),
+            }
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    # -- the loop --------------------------------------------------------------------------
+    def _jobs(self) -> list[Job]:
+        return [*self._running, *([self._prefilling] if self._prefilling else []), *self._pending]
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not (self._closed or self._pending or self._prefilling or self._running or self._drops):
+                        self._cond.wait()
+                    if self._closed:
+                        break
+                    drops, self._drops = self._drops, []
+                for key in drops:
+                    self.kv.forget(key, busy=self._busy_slots())
+                self._reap_cancelled()
+                self._admit()
+                if self._prefilling is not None:
+                    self._prefill_step(self._prefilling)
+                if self._running:
+                    self._decode_step()
+        except BaseException as exc:  # a bug or OOM: fail every waiter instead of hanging them
+            self._error = exc
+            for job in self._jobs():
+                job.stream.push(Finished(job.assembler.text, "error", error=f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            for job in self._jobs():  # (a stream ignores events after its first Finished)
+                job.stream.push(Finished(job.assembler.text, "cancelled"))
+
+    def _busy_slots(self) -> set[int]:
+        busy = set(range(len(self._running)))
+        if self._prefilling is not None:
+            busy.add(self._prefilling.slot)
+        return busy
+
+    def _reap_cancelled(self) -> None:
+        with self._cond:
+            waiting = [j for j in self._pending if j.stream.cancelled]
+            for job in waiting:
+                self._pending.remove(job)
+        for job in waiting:
+            job.stream.push(finished_from(job, "cancelled"))
+        if self._prefilling is not None and self._prefilling.stream.cancelled:
+            # Its slot keeps the prefilled part of the prompt, parked under its cache key.
+            job, self._prefilling = self._prefilling, None
+            job.stream.push(finished_from(job, "cancelled"))
+        for row in reversed(range(len(self._running))):
+            if self._running[row].stream.cancelled:
+                self._retire(row, "cancelled")
+
+    def _admit(self) -> None:
+        if self._prefilling is not None or len(self._running) >= self.max_batch:
+            return
+        with self._cond:
+            if not self._pending:
+                return
+            # A session's next turn waits while its previous turn still runs.
+            busy = {j.request.cache_key for j in self._running if j.request.cache_key}
+            job = next((j for j in self._pending if j.request.cache_key is None or j.request.cache_key not in busy), None)
+            if job is None:
+                return
+            self._pending.remove(job)
+        job.slot, keep = self.kv.claim(job.request.cache_key, job.prompt_ids, first=len(self._running))
+        job.prefilled = job.cached = keep
+        job.sampler = Sampler(job.request.params, job.prompt_ids, self._rng)
+        self._prefilling = job
+
+    def _prefill_step(self, job: Job) -> None:
+        start = job.prefilled
+        chunk = job.prompt_ids[start : start + self.prefill_chunk]
+        logits = self.runner.prefill(job.slot, start, chunk)
+        job.prefilled += len(chunk)
+        self.kv[job.slot].tokens = job.prompt_ids[: job.prefilled]
+        if job.prefilled < len(job.prompt_ids):
+            return
+        # Prompt done: move the job into the decode rows and take its first token.
+        self._prefilling = None
+        row = len(self._running)
+        self.kv.move(job.slot, row)
+        job.slot = row
+        self._running.append(job)
+        self._emit(row, job.sampler.sample(logits))
+
+    def _decode_step(self) -> None:
+        jobs = self._running
+        logits = self.runner.decode([len(self.kv[i].tokens) for i in range(len(jobs))], [j.next_token for j in jobs])
+        for row, job in enumerate(jobs):
+            self.kv[row].tokens.append(job.next_token)
+        tokens = [job.sampler.sample(logits[row]) for row, job in enumerate(jobs)]
+        for row in reversed(range(len(jobs))):
+            self._emit(row, tokens[row])
+
+    def _emit(self, row: int, token: int) -> None:
+        job = self._running[row]
+        if job.first_token_at is None:
+            job.first_token_at = time.perf_counter()
+        if token in job.stop_ids or (token in self.eos_ids and not job.request.params.ignore_eos):
+            job.hit_eos = True
+            self._retire(row, "stop")
+            return
+        job.generated.append(token)
+        job.next_token = token
+        job.sampler.add(token)
+        delta = job.assembler.add(token)
+        if delta:
+            job.stream.push(Delta(delta))
+        if job.assembler.stopped:
+            self._retire(row, "stop")
+        elif len(job.generated) >= job.request.params.max_new_tokens:
+            self._retire(row, "length")
+        elif len(self.kv[row].tokens) + 1 >= self.max_len:
+            self._retire(row, "length")
+
+    def _retire(self, row: int, reason: str) -> None:
+        job = self._running.pop(row)
+        self.kv.release(row, job.request.cache_key)
+        last = len(self._running)  # the last running row moves into the hole
+        if row != last:
+            self.kv.move(last, row)
+            self._running.insert(row, self._running.pop())
+        tail = job.assembler.finish()
+        if tail:
+            job.stream.push(Delta(tail))
+        job.stream.push(finished_from(job, reason))
