@@ -63,9 +63,9 @@ def _rank() -> int:
 
 
 def persona_system(persona: Any) -> str:
-    """The system text the runtime serves a persona with (steernpc.dialogue.system_text)."""
+    """The system text the runtime serves a persona with (steernpc.conversation.system_text)."""
     try:
-        from steernpc.dialogue import system_text
+        from steernpc.conversation import system_text
     except ImportError:  # an older runtime without the dialogue module
         return persona.card()
     return system_text(persona)
