@@ -63,8 +63,8 @@ def _rank() -> int:
 
 
 def persona_system(persona: Any) -> str:
-    """The system text the runtime serves a persona with (steernpc.dialogue.system_text)."""
-    from steernpc.dialogue import system_text
+    """The system text the runtime serves a persona with (steernpc.conversation.system_text)."""
+    from steernpc.conversation import system_text
 
     return system_text(persona)
 
