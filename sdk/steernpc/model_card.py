@@ -36,7 +36,7 @@ from steernpc.attributes import AttributeSchema
 
 CARD_FILE = "steernpc.json"
 CARD_VERSION = 1
-TRAIN_META_FILE = "steernpc_train.json"  # a file name that training writes, not a module
+TRAIN_META_FILE = "training.json"  # what training wrote: format, schema, base, recipe
 SCHEMA_FILE = "schema.yaml"
 
 

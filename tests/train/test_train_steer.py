@@ -151,7 +151,7 @@ def test_bootstrap_builds_a_valid_round2(tiny_model_dir, train_data, apm_dir, tm
         assert all(c.weight is not None for c in convs)
         assert [c.turns[-1].labels for c in convs] == [s["target"] for s in samples if s["reply"]]  # trained on targets
         assert (tmp_path / "boot" / "round2" / "adapter_model.safetensors").exists()
-        meta = json.loads((tmp_path / "boot" / "round2" / "steernpc_train.json").read_text())
+        meta = json.loads((tmp_path / "boot" / "round2" / "training.json").read_text())
         assert meta["config"]["init_adapter"] == str(r1)
 
 
