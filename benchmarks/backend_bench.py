@@ -124,7 +124,7 @@ def make_torch(dtype: str, model_dir: Path):
 
 
 def make_onnx(precision: str, model_dir: Path, cache: Path, threads: int):
-    from steernpc.compile import ONNX_FILE, export_onnx
+    from steernpc.export import ONNX_FILE, export_onnx
     from steernpc.generation.onnx_backend import OnnxBackend
 
     folder = cache / f"smollm2-{precision}"

@@ -106,8 +106,9 @@ def baseline(args, snapshot: bytes) -> dict:
     import torch
 
     from steernpc import models
-    from steernpc.dialogue import prepare_turn
+    from steernpc.conversation import system_text
     from steernpc.persona import load_personas
+    from steernpc.prompt import build_prompt
     from steernpc.sessions import import_snapshot
 
     session = import_snapshot(snapshot)
@@ -119,7 +120,8 @@ def baseline(args, snapshot: bytes) -> dict:
         model.generate(**tokenizer("Hello", return_tensors="pt"), max_new_tokens=4, do_sample=False)
     for turn, exchange in enumerate(session.history):
         history = session.history[:turn]
-        prompt = prepare_turn(persona, "chat", tokenizer, history, exchange.user, steer=exchange.labels).request.prompt
+        vector = persona.resolve(steer=exchange.labels)
+        prompt = build_prompt("chat", system_text(persona), history, exchange.user, vector, persona.schema, tokenizer)
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         n = max(1, len(tokenizer(exchange.reply, add_special_tokens=False)["input_ids"]))
         with torch.inference_mode():

@@ -1,6 +1,7 @@
-"""`steernpc compile`: the merged HF target serves exactly what base + adapter serve, the
-model card round-trips, the TensorRT-LLM bundle uses only documented option names, and the
-ONNX target loads in the onnx backend with the merged model's greedy output."""
+"""`steernpc compile` (steernpc.export): the merged HF target serves exactly what base +
+adapter serve, the model card round-trips, the TensorRT-LLM bundle uses only documented
+option names, and the ONNX target loads in the onnx backend with the merged model's greedy
+output."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from steernpc.compile import CARD_FILE, ModelCardError, read_model_card
+from steernpc.model_card import read_model_card
 
 PROMPTS = [
     "<|im_start|>system\nYou are Brom, the blacksmith.\nAttributes: humor:1,friendliness:2<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",
@@ -78,7 +79,7 @@ def lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def compiled(tiny_model_dir, lora_dir, tmp_path_factory) -> Path:
-    from steernpc_train.compile import CompileConfig, compile_model
+    from steernpc.export.compile import CompileConfig, compile_model
 
     out = tmp_path_factory.mktemp("compiled")
     compile_model(CompileConfig(base=str(tiny_model_dir), adapter=str(lora_dir), out=str(out), targets=["hf", "trtllm"]))
@@ -122,23 +123,6 @@ def test_model_card_carries_schema_format_and_stops(compiled):
     assert model_format(str(compiled / "hf")) == "chat"
 
 
-def test_read_model_card_errors_name_the_field(tmp_path):
-    assert read_model_card(tmp_path) is None
-    (tmp_path / CARD_FILE).write_text(json.dumps({"format": "yaml", "schema": {}}))
-    with pytest.raises(ModelCardError, match="format"):
-        read_model_card(tmp_path)
-    (tmp_path / CARD_FILE).write_text(json.dumps({"format": "chat", "stop": [""], "schema": {"name": "x", "attributes": []}}))
-    with pytest.raises(ModelCardError, match="stop"):
-        read_model_card(tmp_path)
-    bad_schema = {"name": "x", "attributes": [{"name": "humor", "min": 0, "max": 4, "default": 9}]}
-    (tmp_path / CARD_FILE).write_text(json.dumps({"format": "nemo", "schema": bad_schema}))
-    with pytest.raises(ModelCardError, match="humor.default"):
-        read_model_card(tmp_path)
-    (tmp_path / CARD_FILE).write_text("{not json")
-    with pytest.raises(ModelCardError, match="JSON"):
-        read_model_card(tmp_path)
-
-
 def test_trtllm_bundle_uses_documented_names(compiled):
     bundle = compiled / "trtllm"
     for name in ("model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/steernpc.json",
@@ -169,7 +153,7 @@ def test_trtllm_bundle_uses_documented_names(compiled):
 
 
 def test_trtllm_bundle_keep_adapter_declares_lora(tiny_model_dir, lora_dir, tmp_path):
-    from steernpc_train.compile import CompileConfig, compile_model
+    from steernpc.export.compile import CompileConfig, compile_model
 
     compile_model(CompileConfig(base=str(tiny_model_dir), adapter=str(lora_dir), out=str(tmp_path), targets=["trtllm"], keep_adapter=True))
     bundle = tmp_path / "trtllm"
@@ -195,7 +179,7 @@ def test_trtllm_backend_loads_the_bundle(compiled, tiny_model_dir, lora_dir, tmp
         from backend_helpers import fake_tensorrt_llm
     finally:
         sys.path.pop(0)
-    from steernpc_train.compile import CompileConfig, compile_model
+    from steernpc.export.compile import CompileConfig, compile_model
 
     compile_model(CompileConfig(base=str(tiny_model_dir), adapter=str(lora_dir), out=str(tmp_path), targets=["trtllm"], keep_adapter=True))
     with fake_tensorrt_llm():
@@ -217,7 +201,7 @@ def test_trtllm_backend_loads_the_bundle(compiled, tiny_model_dir, lora_dir, tmp
 
 
 def test_compile_cli(tiny_model_dir, tmp_path, capsys):
-    from steernpc_train.compile import register_compile
+    from steernpc.export.compile import register_compile
 
     parser = argparse.ArgumentParser(prog="steernpc")
     register_compile(parser.add_subparsers(dest="command"))
@@ -233,7 +217,7 @@ def test_compile_cli(tiny_model_dir, tmp_path, capsys):
 
 
 def test_engine_needs_an_old_tensorrt_llm(tiny_model_dir, tmp_path, monkeypatch):
-    from steernpc_train.compile import CompileConfig, compile_model
+    from steernpc.export.compile import CompileConfig, compile_model
 
     monkeypatch.setitem(sys.modules, "tensorrt_llm", None)  # importing it raises ImportError
     with pytest.raises(RuntimeError, match="TensorRT-LLM 1.0 - 1.2"):
@@ -249,7 +233,7 @@ def test_onnx_target_serves_the_merged_model(tiny_model_dir, lora_dir, tmp_path)
 
     from steernpc.generation import GenerationRequest, SamplingParams
     from steernpc.generation.onnx_backend import OnnxBackend
-    from steernpc_train.compile import CompileConfig, compile_model
+    from steernpc.export.compile import CompileConfig, compile_model
 
     compile_model(CompileConfig(base=str(tiny_model_dir), adapter=str(lora_dir), out=str(tmp_path), targets=["hf", "onnx"],
                                 onnx_precision="fp32"))  # fmt: skip

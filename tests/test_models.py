@@ -62,6 +62,6 @@ def test_lora_adapter_loads_merged_and_changes_the_output(tiny_model_dir, tmp_pa
 
 
 def test_prompt_format_comes_from_the_adapter_card(tmp_path):
-    (tmp_path / "steernpc_train.json").write_text(json.dumps({"format": "nemo"}))
+    (tmp_path / "training.json").write_text(json.dumps({"format": "nemo"}))
     assert model_format("smollm2", str(tmp_path)) == "nemo"
     assert model_format("smollm2") == "chat"

@@ -97,7 +97,7 @@ def test_bad_label_line_names_the_attribute():
 
 
 def test_render_cli_prints_the_nemo_template_byte_for_byte(tmp_path):
-    from steernpc.dialogue import system_text
+    from steernpc.conversation import system_text
     from steernpc.persona import load_persona
 
     persona_file = "samples/personas/brom.yaml"

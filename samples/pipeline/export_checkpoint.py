@@ -51,7 +51,7 @@ def main() -> int:
     meta = {"format": args.format, "schema": args.schema, "base": args.base, "kind": "lora",
             "checkpoint_step": state.get("step"), "total_steps": state.get("total_steps"),
             "tokens_seen": state.get("tokens_seen"), "loss": state.get("loss")}  # fmt: skip
-    (out / "steernpc_train.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (out / "training.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     print(f"exported {ckpt} (step {state.get('step')}) -> {out}", file=sys.stderr)
     return 0
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from steernpc.dialogue import system_text
+from steernpc.conversation import system_text
 from steernpc.generation import GenerationRequest, SamplingParams
 from steernpc.generation.torch_backend import TorchBackend
 from steernpc.persona import load_personas

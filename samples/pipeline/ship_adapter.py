@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-KEEP = ("adapter_config.json", "steernpc_train.json", "schema.yaml")
+KEEP = ("adapter_config.json", "training.json", "schema.yaml")
 
 
 def main(src: str, dst: str) -> int:

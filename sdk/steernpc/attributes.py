@@ -122,6 +122,25 @@ class AttributeSchema:
         """Parse `name:value,...` (any subset, any order) back into a checked vector."""
         return self.check_vector(parse_pairs(text, field), field)
 
+    # -- serialising ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The schema as plain data, in the schema file's layout (schema.yaml, model cards)."""
+        return {
+            "name": self.name,
+            "attributes": [
+                {"name": s.name, "min": s.min, "max": s.max, "default": s.default, "description": s.description}
+                for s in self.specs
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> "AttributeSchema":
+        """`to_dict()`'s inverse, validated like a schema file; errors name `where`."""
+        import json
+
+        # JSON is YAML: reuse the schema file validation.
+        return cls.from_located(parse_located(json.dumps(data, indent=1), where))
+
     # -- loading --------------------------------------------------------------------------
     @classmethod
     def builtin(cls, name: str) -> "AttributeSchema":

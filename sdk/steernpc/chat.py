@@ -10,9 +10,14 @@ import argparse
 import sys
 
 from steernpc.attributes import InvalidAttribute, parse_pairs
-from steernpc.dialogue import fit_history, prepare_turn
-from steernpc.persona import load_persona
-from steernpc.prompt import FORMATS, Exchange
+from steernpc.conversation import Conversation
+from steernpc.generation.base import Delta
+from steernpc.persona import Persona, load_persona
+from steernpc.prompt import FORMATS
+from steernpc.sessions import Session
+
+# The chat's one session; its id is also the backend's cache key.
+CHAT_SESSION_ID = "chat"
 
 HELP = """commands:
   /set NAME VALUE   steer one attribute for the rest of the chat (e.g. /set humor 4)
@@ -36,60 +41,54 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-class ChatState:
-    def __init__(self, persona, mood=None, steer=None):
-        self.persona = persona
-        self.mood = mood
-        self.steer: dict[str, int] = dict(steer or {})
-        self.history: list[Exchange] = []
-
-    def command(self, line: str) -> str | None:
-        """Apply a /command; return a message to print, or None to quit."""
-        parts = line.split()
-        name, args = parts[0].lower(), parts[1:]
-        schema = self.persona.schema
-        if name in ("/quit", "/exit"):
-            return None
-        if name == "/help":
-            return HELP
-        if name == "/attrs":
-            vector = self.persona.resolve(mood=self.mood, steer=self.steer)
-            return f"mood: {self.mood or 'none'}  steer: {self.steer or '{}'}\nnext reply: {schema.encode(vector)}"
-        if name == "/reset":
-            self.history.clear()
-            self.steer.clear()
-            self.mood = None
-            return "conversation and steering reset"
-        if name == "/set":
-            if len(args) != 2:
-                return f"usage: /set NAME VALUE  (attributes: {', '.join(f'{s.name} {s.range_text}' for s in schema.specs)})"
-            try:
-                value = int(args[1])
-            except ValueError:
-                return f"/set: {args[1]!r} is not an integer; {args[0]} takes {schema[args[0]].range_text if args[0] in schema else 'an integer'}"
-            try:
-                schema.check(args[0], value, args[0])
-            except InvalidAttribute as exc:
-                return f"/set: {exc}"
-            self.steer[args[0]] = value
-            return f"{args[0]} = {value}"
-        if name == "/unset":
-            if len(args) != 1 or args[0] not in self.steer:
-                return f"usage: /unset NAME  (steered now: {', '.join(self.steer) or 'none'})"
-            del self.steer[args[0]]
-            return f"{args[0]} back to the persona's value"
-        if name == "/mood":
-            moods = ", ".join(sorted(self.persona.moods)) or "none defined"
-            if len(args) != 1:
-                return f"usage: /mood NAME  (moods: {moods}; /mood none clears)"
-            if args[0] in ("none", "-"):
-                self.mood = None
-                return "mood cleared"
-            if args[0] not in self.persona.moods:
-                return f"/mood: {self.persona.id} has no mood {args[0]!r}; moods: {moods}"
-            self.mood = args[0]
-            return f"mood: {args[0]}"
-        return f"unknown command {name}\n{HELP}"
+def run_command(persona: Persona, session: Session, line: str) -> str | None:
+    """Apply a /command to the chat's session; return a message to print, or None to quit."""
+    parts = line.split()
+    name, args = parts[0].lower(), parts[1:]
+    schema = persona.schema
+    if name in ("/quit", "/exit"):
+        return None
+    if name == "/help":
+        return HELP
+    if name == "/attrs":
+        vector = persona.resolve(mood=session.mood or None, steer=session.steer)
+        return f"mood: {session.mood or 'none'}  steer: {session.steer or '{}'}\nnext reply: {schema.encode(vector)}"
+    if name == "/reset":
+        session.history.clear()
+        session.apply_steer(clear=True)
+        return "conversation and steering reset"
+    if name == "/set":
+        if len(args) != 2:
+            return f"usage: /set NAME VALUE  (attributes: {', '.join(f'{s.name} {s.range_text}' for s in schema.specs)})"
+        try:
+            value = int(args[1])
+        except ValueError:
+            return f"/set: {args[1]!r} is not an integer; {args[0]} takes {schema[args[0]].range_text if args[0] in schema else 'an integer'}"
+        try:
+            schema.check(args[0], value, args[0])
+        except InvalidAttribute as exc:
+            return f"/set: {exc}"
+        session.apply_steer(attributes={args[0]: value})
+        return f"{args[0]} = {value}"
+    if name == "/unset":
+        if len(args) != 1 or args[0] not in session.steer:
+            return f"usage: /unset NAME  (steered now: {', '.join(session.steer) or 'none'})"
+        del session.steer[args[0]]
+        session.touch()
+        return f"{args[0]} back to the persona's value"
+    if name == "/mood":
+        moods = ", ".join(sorted(persona.moods)) or "none defined"
+        if len(args) != 1:
+            return f"usage: /mood NAME  (moods: {moods}; /mood none clears)"
+        if args[0] in ("none", "-"):
+            session.mood = ""
+            session.touch()
+            return "mood cleared"
+        if args[0] not in persona.moods:
+            return f"/mood: {persona.id} has no mood {args[0]!r}; moods: {moods}"
+        session.apply_steer(mood=args[0])
+        return f"mood: {args[0]}"
+    return f"unknown command {name}\n{HELP}"
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -101,12 +100,13 @@ def run_chat(args: argparse.Namespace) -> int:
     for item in args.attr:
         steer.update(parse_pairs(item, "--attr"))
     persona.resolve(mood=args.mood, steer=steer)  # fail fast on bad flags
-    state = ChatState(persona, args.mood, steer)
+    # The same Session and Conversation the server runs, so chat sends the same prompts.
+    session = Session.new(persona.id, CHAT_SESSION_ID, mood=args.mood or "", steer=steer)
 
     adapter = args.adapter if args.adapter is not None else default_adapter(args.model)
     print(f"loading model{' + adapter ' + str(adapter) if adapter else ''} ...", file=sys.stderr, flush=True)
     backend = create_backend("torch", model=args.model, adapter=adapter)
-    fmt = args.format or model_format(args.model, adapter)
+    conversation = Conversation(backend, args.format or model_format(args.model, adapter), args.history_tokens)
     options = {"seed": args.seed, "max_new_tokens": args.max_new_tokens}
     out = sys.stdout
     out.write(f"Talking to {persona.name} ({persona.role}). /help for commands, /quit to leave.\n")
@@ -122,26 +122,24 @@ def run_chat(args: argparse.Namespace) -> int:
             if not line:
                 continue
             if line.startswith("/"):
-                message = state.command(line)
+                message = run_command(persona, session, line)
                 if message is None:
                     break
                 out.write(message + "\n")
                 continue
-            history = fit_history(state.history, backend.count_tokens, args.history_tokens)
-            turn = prepare_turn(
-                persona, fmt, backend.tokenizer, history, line, state.mood, state.steer, options=options, cache_key="chat"
-            )
+            turn = conversation.begin(persona, session, line, options=options)
+            stream = conversation.submit(turn)
             out.write(f"{persona.name}: ")
             out.flush()
             final = None
-            for event in backend.submit(turn.request):
-                if hasattr(event, "reason"):
-                    final = event
-                else:
+            for event in stream:
+                if isinstance(event, Delta):
                     out.write(event.text)
                     out.flush()
+                else:
+                    final = event
             out.write("\n")
-            state.history.append(Exchange(line, final.text, turn.attributes))
+            conversation.finish(turn, final)
     finally:
         backend.close()
     return 0

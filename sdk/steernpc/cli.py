@@ -1,11 +1,12 @@
-"""The `steernpc` command. Each subcommand lives in a small function; the training
-toolkit (steernpc_train) adds its own subcommands when it is installed."""
+"""The `steernpc` command. Each subcommand lives in a small function. Other installed
+packages add subcommands through the `steernpc.commands` entry point group (the training
+toolkit adds data, train, annotate and eval); this module imports none of them."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from importlib.metadata import entry_points
 
 from steernpc.attributes import InvalidAttribute, parse_pairs
 from steernpc.persona import PersonaError, load_persona, load_personas
@@ -125,13 +126,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_arguments(sub.add_parser("chat", help="talk to a persona in the terminal")).set_defaults(func=cmd_chat)
     add_serve_arguments(sub.add_parser("serve", help="serve personas over gRPC")).set_defaults(func=cmd_serve)
 
-    try:
-        from steernpc_train.cli import register as register_training
-    except ImportError:
-        register_training = None
-    if register_training is not None:
-        register_training(sub)
+    if not add_plugin_commands(sub):
+        add_missing_training(sub)
+    from steernpc.export.compile import register_compile
+
+    register_compile(sub)
     return parser
+
+
+# -- commands from other packages ---------------------------------------------------------------
+
+COMMANDS_GROUP = "steernpc.commands"
+TRAINING_COMMANDS = ("data", "train", "annotate", "eval")  # what the training toolkit adds
+
+
+def add_plugin_commands(sub: argparse._SubParsersAction) -> bool:
+    """Let each `steernpc.commands` entry point (a `register(subparsers)` function) add its
+    subcommands. Returns whether the training commands are there."""
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError:  # registered in the metadata but not importable: treat as absent
+            continue
+        register(sub)
+    return all(name in sub.choices for name in TRAINING_COMMANDS)
+
+
+def add_missing_training(sub: argparse._SubParsersAction) -> None:
+    """Stand-ins for the training commands that say what to install."""
+    for name in TRAINING_COMMANDS:
+        if name not in sub.choices:
+            # No option prefix: every argument, --help included, lands in `rest`.
+            p = sub.add_parser(name, help="(needs the training toolkit: pip install 'steernpc[train]')",
+                               add_help=False, prefix_chars="\0")  # fmt: skip
+            p.add_argument("rest", nargs="*")
+            p.set_defaults(func=cmd_missing_training, command=name)
+
+
+def cmd_missing_training(args: argparse.Namespace) -> int:
+    print(f"steernpc: error: `steernpc {args.command}` needs the training toolkit, "
+          "which is not installed: pip install 'steernpc[train]'", file=sys.stderr)  # fmt: skip
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
 serve unchanged. `chat` puts the persona card and the label line into the system message
 of the base model's own chat template (SmolLM2 and most HF chat models).
 
-Training (steernpc_train.sft) and serving use the same `segments()`, so a model is trained
+Training (`steernpc train sft`) and serving use the same `segments()`, so a model is trained
 on exactly the strings it is served with.
 """
 

@@ -1,13 +1,12 @@
 """Defaults the runtime picks when the user gives none: which adapter, which prompt format.
 
 A served model folder may carry a `steernpc.json` written by `steernpc compile`, an
-adapter folder a `steernpc_train.json` written by `steernpc train sft`; both name the
-prompt format ("chat" | "nemo") the model was trained with.
+adapter folder the training metadata written by `steernpc train sft`; both name the
+prompt format ("chat" | "nemo") the model was trained with (see steernpc.model_card).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -31,28 +30,11 @@ def default_adapter(model: str | None) -> str | None:
     return str(folder) if (folder / "adapter_config.json").exists() else None
 
 
-def read_card(folder: str | os.PathLike | None) -> dict:
-    """What a model or adapter folder says about itself: `steernpc.json` (written by
-    `steernpc compile`, validated) or `steernpc_train.json` (written by `steernpc train sft`)."""
-    from steernpc.compile import read_model_card
-
-    if not folder:
-        return {}
-    path = Path(folder)
-    path = path if path.is_dir() else path.parent
-    card = read_model_card(path)
-    if card:
-        return card
-    meta = path / "steernpc_train.json"
-    try:
-        return json.loads(meta.read_text()) if meta.exists() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def model_format(model: str | None, adapter: str | None = None) -> str:
     """The prompt format a model was trained with: the adapter's card, the model's card
     (an HF, ONNX or compiled folder), else `chat` (base chat models)."""
+    from steernpc.model_card import read_card
+
     local_model = model if model and Path(model).exists() else None
     for folder in (adapter, local_model):
         fmt = read_card(folder).get("format")

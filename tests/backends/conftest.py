@@ -29,7 +29,7 @@ def onnx_tiny_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny random Llama exported to ONNX in fp32 (so greedy output equals torch's)."""
     if not onnx_export_available():
         missing("ONNX export needs: pip install onnx onnxruntime onnxruntime-genai onnx-ir")
-    from steernpc.compile import export_onnx
+    from steernpc.export import export_onnx
 
     return export_onnx(tiny_model_dir, tmp_path_factory.mktemp("onnx") / "tiny-fp32", precision="fp32")
 

@@ -61,7 +61,7 @@ def test_q4_1_export_reproduces_q4_1_grid_weights(tiny_model_dir, tmp_path):
     import onnxruntime as ort
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steernpc.compile import export_onnx
+    from steernpc.export import export_onnx
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     with torch.no_grad():

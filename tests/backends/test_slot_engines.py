@@ -166,7 +166,7 @@ def test_smollm2_batched_greedy_matches_transformers(kind, smollm2_dir, tmp_path
 
         backend = TorchBackend(smollm2_dir, device="cpu", slots=4, max_batch=3)
     else:
-        from steernpc.compile import export_onnx
+        from steernpc.export import export_onnx
         from steernpc.generation.onnx_backend import OnnxBackend
 
         backend = OnnxBackend(export_onnx(smollm2_dir, tmp_path_factory.mktemp("smollm2-onnx") / "fp32", precision="fp32"),

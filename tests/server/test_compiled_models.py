@@ -15,8 +15,8 @@ def compiled(tiny_model_dir, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from steernpc.compile import onnx_available
-    from steernpc_train.compile import CompileConfig, compile_model
+    from steernpc.export import onnx_available
+    from steernpc.export.compile import CompileConfig, compile_model
 
     ok, why = onnx_available()
     assert ok, why

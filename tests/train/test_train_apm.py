@@ -10,7 +10,8 @@ import torch
 from steernpc.attributes import AttributeSchema
 
 from steernpc_train import apm as A
-from steernpc_train.annotate import annotate, clip_round
+from steernpc_train.annotate import annotate
+from steernpc_train.apm import clip_round
 
 
 def test_masked_mse_ignores_missing_labels():

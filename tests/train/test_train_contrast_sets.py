@@ -120,7 +120,7 @@ def test_sft_cli_trains_with_shared_prefix_and_contrast(tiny_model_dir, tmp_path
                  "--out", out, "--max-length", "512", "--micro-batch", "2", "--max-steps", "3", "--lora", "4",
                  "--contrast-weight", "1.0", "--log-every", "1")  # fmt: skip
     assert "2 shared-prefix example(s) from contrast sets with label-contrast segments" in result.stderr
-    meta = json.loads((out / "steernpc_train.json").read_text())
+    meta = json.loads((out / "training.json").read_text())
     assert meta["complete"] and meta["config"]["contrast_weight"] == 1.0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and all(r["loss"] == r["loss"] for r in log)  # no NaN

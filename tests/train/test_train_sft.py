@@ -201,7 +201,7 @@ def test_resume_equals_uninterrupted(tiny_model_dir, train_data, tmp_path, cli):
     assert any(v.abs().sum() > 0 for k, v in whole.items() if "lora_B" in k)
     log = [json.loads(l) for l in open(tmp_path / "whole" / "train_log.jsonl")]
     assert log[-1]["step"] == 6 and log[-1]["tokens_per_s"] > 0
-    meta = json.loads((tmp_path / "whole" / "steernpc_train.json").read_text())
+    meta = json.loads((tmp_path / "whole" / "training.json").read_text())
     assert meta["format"] == "chat" and meta["schema"] == "npc" and meta["kind"] == "lora"
 
 

@@ -62,20 +62,25 @@ def _train(tiny_model_dir, world, name):
     return world / name
 
 
-def _report(tiny_model_dir, world, model, apm_dir, name):
+def _report(tiny_model_dir, world, model, apm_dir, name, backend="hf"):
     return steerability_report(SteerConfig(model=str(model), apm=str(apm_dir), personas=[str(world / "personas")],
                                            prompts=str(world / "lines.txt"), out=str(world / f"report-{name}"),
-                                           max_new_tokens=24, batch_size=20))
+                                           max_new_tokens=24, batch_size=20, backend=backend))
 
 
 def test_report_numbers_come_from_generations(tiny_model_dir, world, apm_dir, one_thread):
-    follow = _report(tiny_model_dir, world, _train(tiny_model_dir, world, "follow"), apm_dir, "follow")
+    follow_model = _train(tiny_model_dir, world, "follow")
+    follow = _report(tiny_model_dir, world, follow_model, apm_dir, "follow")
     ignore = _report(tiny_model_dir, world, _train(tiny_model_dir, world, "ignore"), apm_dir, "ignore")
     assert follow["format"] == "chat"  # read from the trained model's metadata
     # the model trained so that reply length follows verbosity: high rho
     assert follow["attributes"]["verbosity"]["words"]["spearman"] > 0.8
     # the model trained to ignore the label: rho near 0
     assert abs(ignore["attributes"]["verbosity"]["words"]["spearman"]) < 0.2
+    # the same sweep through the runtime's own engine (what `steernpc serve` runs) agrees
+    served = _report(tiny_model_dir, world, follow_model, apm_dir, "follow-served", backend="torch")
+    assert served["attributes"]["verbosity"]["words"]["spearman"] > 0.8
+    assert served["generations"] == follow["generations"]
     # every attribute is swept over its whole range, 4 lines each
     schema = AttributeSchema.builtin("npc")
     assert list(follow["attributes"]) == schema.names
@@ -151,7 +156,7 @@ def test_bootstrap_builds_a_valid_round2(tiny_model_dir, train_data, apm_dir, tm
         assert all(c.weight is not None for c in convs)
         assert [c.turns[-1].labels for c in convs] == [s["target"] for s in samples if s["reply"]]  # trained on targets
         assert (tmp_path / "boot" / "round2" / "adapter_model.safetensors").exists()
-        meta = json.loads((tmp_path / "boot" / "round2" / "steernpc_train.json").read_text())
+        meta = json.loads((tmp_path / "boot" / "round2" / "training.json").read_text())
         assert meta["config"]["init_adapter"] == str(r1)
 
 

@@ -5,4 +5,9 @@ It imports the runtime's `attributes`, `persona` and `prompt`, so that a model i
 on exactly the strings it is served with; the runtime never imports this package.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one version string is pyproject.toml's
+    __version__ = version("steernpc")
+except PackageNotFoundError:  # a source tree on PYTHONPATH without an install
+    __version__ = "0+unknown"

@@ -28,11 +28,6 @@ from steernpc_train.data import (
 OUT_FORMATS = ("nemo", "npc")
 
 
-def clip_round(value: float, low: int, high: int) -> int:
-    """NeMo's annotation rounding: clip into [low, high], then Python round (half to even)."""
-    return int(round(min(high, max(low, value))))
-
-
 def _log(message: str) -> None:
     print(f"[steernpc-train] {message}", file=sys.stderr, flush=True)
 

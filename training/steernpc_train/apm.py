@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from steernpc.attributes import AttributeSchema
+from steernpc.model_card import write_schema
 from steernpc.prompt import Exchange
 
 from steernpc_train import stats as st
@@ -61,14 +62,9 @@ def resolve_backbone(spec: str | os.PathLike | None) -> Path:
     return models.resolve(text)
 
 
-def schema_yaml(schema: AttributeSchema) -> str:
-    import yaml
-
-    data = {"name": schema.name, "attributes": [
-        {"name": s.name, "min": s.min, "max": s.max, "default": s.default, "description": s.description}
-        for s in schema.specs
-    ]}  # fmt: skip
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+def clip_round(value: float, low: int, high: int) -> int:
+    """NeMo's annotation rounding: clip into [low, high], then Python round (half to even)."""
+    return int(round(min(high, max(low, value))))
 
 
 def is_encoder(config: Any) -> bool:
@@ -175,8 +171,6 @@ class APM:
         spec = self.schema[name]
         cuts = self.cuts.get(name)
         if cuts is None:
-            from steernpc_train.annotate import clip_round
-
             return clip_round(value, spec.min, spec.max)
         return spec.min + sum(value >= c for c in cuts)
 
@@ -277,8 +271,6 @@ def _split(examples: list[RegressionExample], holdout: float, seed: int) -> tupl
 def evaluate_predictions(schema: AttributeSchema, preds: list[list[float]], labels: list[list[float]]) -> dict:
     """Per attribute: n, MAE, Spearman (raw predictions), MAE after clip+round, and the MAE of
     always predicting the label mean (a baseline)."""
-    from steernpc_train.annotate import clip_round
-
     out = {}
     for j, spec in enumerate(schema.specs):
         pairs = [(p[j], l[j]) for p, l in zip(preds, labels) if l[j] != MISSING]
@@ -437,7 +429,7 @@ def train_apm(cfg: APMConfig, data: Sequence[str | os.PathLike], out: str | os.P
     backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
     tok.save_pretrained(tmp / "backbone")
     save_file({k: v.contiguous() for k, v in module.head.state_dict().items()}, str(tmp / "head.safetensors"))
-    (tmp / "schema.yaml").write_text(schema_yaml(schema), encoding="utf-8")
+    write_schema(tmp, schema)
     meta = {
         **meta_base,
         "schema": schema.name,

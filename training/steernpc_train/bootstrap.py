@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from steernpc.attributes import AttributeSchema
+from steernpc.model_card import read_train_meta
 from steernpc.prompt import CHAT_LABEL_PREFIX, NEMO_LABEL, Exchange, build_prompt, segments
 
 from steernpc_train.data import Conversation, Turn, dumps, read_conversations, to_nemo
-from steernpc_train.sft import GENERIC_CARD, SFTConfig, load_personas_dict, persona_system, read_meta, train_sft
+from steernpc_train.sft import GENERIC_CARD, SFTConfig, load_personas_dict, persona_system, train_sft
 
 
 def log(message: str) -> None:
@@ -137,7 +138,7 @@ def run_bootstrap(cfg: BootstrapConfig) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = read_meta(cfg.adapter) or read_meta(cfg.model)
+    meta = read_train_meta(cfg.adapter) or read_train_meta(cfg.model)
     fmt = cfg.format or meta.get("format") or "chat"
     apm = load_apm(cfg.apm)
     schema = AttributeSchema.load(cfg.schema) if cfg.schema else apm.schema

@@ -1,5 +1,6 @@
 """The training toolkit's subcommands of `steernpc`: data, train (apm, sft, bootstrap),
-annotate and eval. `steernpc.cli` calls `register(subparsers)` when this package is present.
+annotate and eval. `register(subparsers)` is this package's `steernpc.commands` entry point
+(pyproject.toml), which `steernpc.cli` calls; the runtime never imports this package.
 Heavy imports happen inside each command, so `steernpc --help` stays fast."""
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def cmd_eval_steerability(args: argparse.Namespace) -> int:
     cfg = SteerConfig(model=args.model, adapter=args.adapter, apm=args.apm, personas=args.personas, prompts=args.prompts,
                       out=args.out, format=args.format, attributes=args.attribute or [], max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
-                      max_prompts=args.max_prompts, max_personas=args.max_personas, guidance=args.guidance)
+                      max_prompts=args.max_prompts, max_personas=args.max_personas, guidance=args.guidance,
+                      backend=args.backend)
     report = steerability_report(cfg)
     print(report["markdown"])
     return 0
@@ -287,16 +289,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-prompts", type=int, default=0)
     p.add_argument("--max-personas", type=int, default=0)
+    p.add_argument("--backend", choices=("hf", "torch", "onnx"), default="hf",
+                   help="hf: transformers.generate; torch/onnx: the runtime's own engine, as served (onnx: Q4_1, fastest on CPU)")
     p.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance strength against the persona's own vector (1 = off; 2-3 amplify what the model learned)")
     p.set_defaults(func=cmd_eval_steerability)
-
-    try:  # `steernpc compile` lives in steernpc_train/compile.py
-        from steernpc_train.compile import register_compile
-    except ImportError:
-        register_compile = None
-    if register_compile is not None:
-        register_compile(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

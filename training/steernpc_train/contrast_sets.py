@@ -27,8 +27,7 @@ from typing import Any, Iterable
 from steernpc.prompt import NEMO_LABEL, Exchange, segments
 
 from steernpc_train.data import Conversation
-
-IGNORE = -100
+from steernpc_train.example import IGNORE, Example
 
 
 def moved_vector(labels: dict[str, int], attribute: str, low: int, high: int, rng: random.Random) -> dict[str, int]:
@@ -40,8 +39,6 @@ def moved_vector(labels: dict[str, int], attribute: str, low: int, high: int, rn
 
 def build_set_examples(builder: Any, convs: Iterable[Conversation], contrast: bool, seed: int = 0) -> tuple[list, list[Conversation]]:
     """(shared-prefix Examples, conversations left for ordinary examples)."""
-    from steernpc_train.sft import Example
-
     groups: dict[tuple[str, str], list[Conversation]] = defaultdict(list)
     rest: list[Conversation] = []
     for conv in convs:
@@ -79,11 +76,11 @@ def build_set_examples(builder: Any, convs: Iterable[Conversation], contrast: bo
                 moved_context = segments("nemo", system, [Exchange(user, None, moved)], builder.schema)[0][0]
                 other = tok(moved_context[moved_context.rindex(NEMO_LABEL):], add_special_tokens=False)["input_ids"]
             parts.append((own, reply, other))
-        out.extend(_pack_segments(Example, prefix_ids, parts, builder))
+        out.extend(_pack_segments(prefix_ids, parts, builder))
     return out, rest
 
 
-def _pack_segments(Example, prefix: list[int], parts: list, builder: Any) -> list:
+def _pack_segments(prefix: list[int], parts: list, builder: Any) -> list:
     """One or more Examples: the prefix, then as many segments as fit builder.max_length."""
     examples = []
     current: dict[str, list] | None = None

@@ -54,6 +54,7 @@ class SteerConfig:
     max_prompts: int = 0
     max_personas: int = 0
     guidance: float = 1.0  # >1: classifier-free guidance against the persona's own vector
+    backend: str = "hf"  # hf (transformers.generate) | torch | onnx (the runtime's own engine, what is served)
 
 
 def words(text: str) -> int:
@@ -84,17 +85,58 @@ def summarize(targets: list[int], measured: list[float], levels: list[int]) -> d
     return {"spearman": 0.0 if math.isnan(rho) else round(rho, 4), "constant": math.isnan(rho), "n": len(targets), "per_target": per}
 
 
+def generate_served(cfg: SteerConfig, fmt: str, prompts: list[str]) -> list[dict]:
+    """The replies as the runtime serves them: its torch or onnx backend (one scheduler,
+    batched decode, the shared sampler), each prompt seeded by its position."""
+    from steernpc.generation import Finished, GenerationRequest, SamplingParams
+    from steernpc.prompt import stop_strings
+
+    from steernpc_train.progress import progress_bar
+
+    if cfg.backend == "onnx":
+        from steernpc.generation.onnx_backend import OnnxBackend
+
+        backend = OnnxBackend(cfg.model, adapter=cfg.adapter, max_batch=cfg.batch_size, slots=cfg.batch_size * 2)
+    elif cfg.backend == "torch":
+        from steernpc.generation.torch_backend import TorchBackend
+
+        backend = TorchBackend(cfg.model, adapter=cfg.adapter, max_batch=cfg.batch_size, slots=cfg.batch_size * 2)
+    else:
+        raise ValueError(f"unknown backend {cfg.backend!r}: hf, torch or onnx")
+    stops = stop_strings(fmt, backend.tokenizer)
+    bar = progress_bar(len(prompts), "steerability", "reply")
+    out: list[dict] = []
+    try:
+        for b in range(0, len(prompts), cfg.batch_size * 2):  # keep the batch full, the queue short
+            streams = [backend.submit(GenerationRequest(prompt, SamplingParams(
+                max_new_tokens=cfg.max_new_tokens, temperature=max(cfg.temperature, 0.0), top_p=1.0,
+                seed=cfg.seed * 1_000_003 + b + i), stop=stops)) for i, prompt in enumerate(prompts[b:b + cfg.batch_size * 2])]
+            for stream in streams:
+                final = stream.result(timeout=3600)
+                assert isinstance(final, Finished)
+                if final.reason == "error":
+                    raise RuntimeError(f"generation failed: {final.error}")
+                out.append({"text": final.text.strip(), "tokens": final.completion_tokens,
+                            "finish": "length" if final.reason == "length" else "stop"})
+                bar.update(1)
+    finally:
+        bar.close()
+        backend.close()
+    return out
+
+
 def steerability_report(cfg: SteerConfig) -> dict:
+    from steernpc.model_card import read_train_meta
     from steernpc.persona import PersonaError, load_personas
 
     from steernpc_train.apm import load_apm
     from steernpc_train.gen import generate, load_generator, read_prompt_lines
-    from steernpc_train.sft import persona_system, read_meta
+    from steernpc_train.sft import persona_system
 
     started = time.time()
     out = Path(cfg.out)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    meta = read_meta(cfg.adapter) or read_meta(cfg.model)
+    meta = read_train_meta(cfg.adapter) or read_train_meta(cfg.model)
     fmt = cfg.format or meta.get("format") or "chat"
     personas, problems = load_personas(cfg.personas)
     if problems:
@@ -109,7 +151,14 @@ def steerability_report(cfg: SteerConfig) -> dict:
         lines = lines[: cfg.max_prompts]
     if not lines:
         raise ValueError(f"no player lines in {cfg.prompts}")
-    model, tok = load_generator(cfg.model, cfg.adapter)
+    if cfg.backend != "hf" and cfg.guidance != 1.0:
+        raise ValueError("--guidance needs --backend hf (the runtime's engine has no guidance yet)")
+    if cfg.backend == "hf":
+        model, tok = load_generator(cfg.model, cfg.adapter)
+    else:
+        from steernpc import models
+
+        tok = models.load_tokenizer(cfg.model)
     apm = load_apm(cfg.apm)
 
     jobs = []
@@ -132,9 +181,12 @@ def steerability_report(cfg: SteerConfig) -> dict:
     if not jobs:
         raise ValueError("nothing to sweep (check --attribute)")
     log(f"steerability: {len(jobs)} generations ({len(chosen)} personas, {len(lines)} lines), format {fmt}")
-    replies = generate(model, tok, [j["prompt"] for j in jobs], fmt, cfg.max_new_tokens, cfg.temperature, 1.0,
-                       cfg.seed, cfg.batch_size, progress="steerability",
-                       negatives=[j["negative"] for j in jobs], guidance=cfg.guidance)
+    if cfg.backend == "hf":
+        replies = generate(model, tok, [j["prompt"] for j in jobs], fmt, cfg.max_new_tokens, cfg.temperature, 1.0,
+                           cfg.seed, cfg.batch_size, progress="steerability",
+                           negatives=[j["negative"] for j in jobs], guidance=cfg.guidance)
+    else:
+        replies = generate_served(cfg, fmt, [j["prompt"] for j in jobs])
     preds = apm.predict_exchanges([(j["system"], [Exchange(j["user"], r["text"])]) for j, r in zip(jobs, replies)])
     sentiment = sentiment_scorer()
     with open(out / "generations.jsonl", "w", encoding="utf-8") as fh:

@@ -44,13 +44,13 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from steernpc.attributes import AttributeSchema, InvalidAttribute
+from steernpc.model_card import read_train_meta, write_schema, write_train_meta
 from steernpc.prompt import FORMATS, NEMO_SYSTEM, Exchange, segments
 
 from steernpc_train.data import Conversation, DataError, ReadStats, read_conversations
+from steernpc_train.example import IGNORE, Example
 
-IGNORE = -100
 GENERIC_CARD = "You are a character in a video game. Stay in character and answer the player directly."
-META_FILE = "steernpc_train.json"
 
 
 def log(message: str) -> None:
@@ -63,34 +63,13 @@ def _rank() -> int:
 
 
 def persona_system(persona: Any) -> str:
-    """The system text the runtime serves a persona with (steernpc.dialogue.system_text)."""
-    try:
-        from steernpc.dialogue import system_text
-    except ImportError:  # an older runtime without the dialogue module
-        return persona.card()
+    """The system text the runtime serves a persona with (steernpc.conversation.system_text)."""
+    from steernpc.conversation import system_text
+
     return system_text(persona)
 
 
 # -- 1. examples ------------------------------------------------------------------------------
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # HF convention: labels[i] == input_ids[i] where token i is trained, else -100
-    weight: float = 1.0
-    token_weights: list[float] | None = None  # per token (aligned with labels); None = all 1
-    # Shared-prefix examples (contrast_sets.py), all per token and None elsewhere:
-    segments: list[int] | None = None  # 0 = the shared prefix (seen by every segment), k = segment k (sees the prefix and itself)
-    positions: list[int] | None = None  # each segment's positions continue from the end of the prefix
-    pair: list[int] | None = None  # the label-contrast pair a reply token belongs to, -1 = none
-    side: list[int] | None = None  # +1 the reply under its own labels, -1 under contrast labels (no SFT loss), 0 = neither
-
-    @property
-    def n_trained(self) -> int:
-        if self.side is not None:
-            return sum(1 for v, s in zip(self.labels, self.side) if v != IGNORE and s >= 0)
-        return sum(1 for v in self.labels if v != IGNORE)
-
 
 def tokenize_segments(pieces: Sequence[tuple[str, bool]], tokenizer: Any) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for prompt.segments() pieces: trained pieces keep their ids as labels."""
@@ -779,7 +758,7 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
 
     out = Path(cfg.out)
     started = time.time()
-    done = read_meta(out)
+    done = read_train_meta(out)
     if cfg.resume == "auto" and done.get("complete") and done.get("config", {}).get("data") == list(cfg.data):
         log(f"{out} is already trained ({done['steps']} steps); pass --resume never to train again")
         return done
@@ -933,18 +912,8 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
 
 
 def save_model(model: Any, tokenizer: Any, out: Path, schema: AttributeSchema, meta: dict) -> None:
-    from steernpc_train.apm import schema_yaml
-
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "schema.yaml").write_text(schema_yaml(schema), encoding="utf-8")
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-
-
-def read_meta(folder: str | os.PathLike | None) -> dict:
-    """The steernpc_train.json of an SFT output folder, or {}."""
-    if not folder:
-        return {}
-    path = Path(folder) / META_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    write_schema(out, schema)
+    write_train_meta(out, meta)

@@ -33,7 +33,7 @@ _PRECISION_ALIASES = {"float32": "fp32", "fp32": "fp32", "int8": "int8", "int4":
 def find_onnx_dir(spec: str | os.PathLike | None) -> Path | None:
     """An exported model folder (has model.onnx), or a `steernpc compile` output that has an
     onnx/ subfolder; None otherwise."""
-    from steernpc.compile import ONNX_FILE
+    from steernpc.export import ONNX_FILE
 
     if not spec:
         return None
@@ -47,7 +47,7 @@ def find_onnx_dir(spec: str | os.PathLike | None) -> Path | None:
 def ensure_onnx(model: Any = None, adapter: str | None = None, precision: str = "q4_1", quiet: bool = False) -> Path:
     """The ONNX folder for `model` (+ `adapter`): the folder itself when it is an export,
     else an export cached under STEERNPC_HOME/onnx/ (made once, ~15 s for SmolLM2)."""
-    from steernpc import compile as card_mod
+    from steernpc import export as card_mod
     from steernpc import models
 
     found = find_onnx_dir(model)
@@ -131,7 +131,8 @@ class OnnxBackend(RunnerBackend):
         precision = _PRECISION_ALIASES.get(precision or dtype or "q4_1")
         if precision is None:
             raise ValueError(f"onnx precision/dtype {precision or dtype!r}: choose q4_1, int8, int4 or fp32 (float32)")
-        from steernpc.compile import ONNX_FILE, read_model_card
+        from steernpc.export import ONNX_FILE
+        from steernpc.model_card import read_model_card
 
         self.folder = ensure_onnx(model, adapter=adapter, precision=precision)
         self.card = read_model_card(self.folder)

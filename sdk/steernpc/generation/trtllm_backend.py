@@ -213,7 +213,7 @@ class TrtllmBackend(Backend):
         if device not in (None, "auto") and not str(device).startswith("cuda"):
             raise ValueError(f"the trtllm backend runs on NVIDIA GPUs; device={device!r} is not supported")
         checkpoint, options, bundled = resolve_bundle(model)
-        from steernpc.compile import read_model_card
+        from steernpc.model_card import read_model_card
 
         self.card = read_model_card(checkpoint) or read_model_card(checkpoint.parent)
         self.adapters = {**bundled, **(adapters or {})}

@@ -17,7 +17,7 @@ from typing import AsyncIterator
 import grpc
 
 from steernpc.attributes import InvalidAttribute
-from steernpc.dialogue import prepare_turn
+from steernpc.conversation import Conversation
 from steernpc.generation.base import Backend, Delta, Finished, QueueFull
 from steernpc.persona import Persona
 from steernpc.server.characters import CharacterRegistry
@@ -32,11 +32,6 @@ FINISH = {
     "length": pb.FINISH_REASON_LENGTH,
     "cancelled": pb.FINISH_REASON_CANCELLED,
 }
-
-
-# Old turns leave the prompt in blocks of this many, so a long conversation's cached
-# prefix stays valid for several turns instead of being recomputed every turn.
-HISTORY_STEP = 4
 
 
 class RequestError(Exception):
@@ -263,25 +258,16 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             session = await self._session(request.session_id)
             persona = self._persona(session.character_id)
             override = self._check_attributes(persona, request.attributes)
-            self._check_steering(persona, session.mood, session.steer, override)
-            o = request.options
-            options = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k}
-            if o.seed:
-                options["seed"] = o.seed
-            if o.ignore_eos:
-                options["ignore_eos"] = True
+            conversation = Conversation(backend, self.fmt, self.history_tokens, self.store)
             try:
-                turn = prepare_turn(
-                    persona, self.fmt, backend.tokenizer, session.window(backend.count_tokens, self.history_tokens, step=HISTORY_STEP),
-                    request.text, session.mood or None, session.steer, override, options, cache_key=session.session_id,
-                    player_name=session.player_name, context=session.context, request_id=interaction_id,
-                )  # fmt: skip
+                turn = conversation.begin(persona, session, request.text, override, _say_options(request.options), interaction_id)
                 if waiting.cancelled:  # cancelled before its turn came: nothing to generate
+                    turn.request.params.validate()  # what submit would have refused is still refused
                     final = Finished("", "cancelled")
                     self.metrics.reply_finished(session.session_id, final.reason, 0)
                     yield self._done_event(interaction_id, final, turn.attributes)
                     return
-                stream = backend.submit(turn.request)
+                stream = conversation.submit(turn)
             except QueueFull as exc:
                 raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
             except (InvalidAttribute, ValueError) as exc:
@@ -307,12 +293,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                     final = await asyncio.to_thread(stream.result, 30)
                 self.metrics.reply_finished(session.session_id, final.reason, final.completion_tokens)
                 self.metrics.backend_stats(backend.stats())
-                if final.reason != "error" and final.text:
-                    # A cancelled reply's partial text is kept too: the player saw it.
-                    session.record(request.text, final.text, turn.attributes)
-                    # update, not put: a DeleteSession on another server sharing the store
-                    # while this reply ran must not be undone by this save
-                    await asyncio.to_thread(self.store.update, session)
+                await asyncio.to_thread(conversation.finish, turn, final)
             if final.reason == "error":
                 raise RequestError(grpc.StatusCode.INTERNAL, f"generation failed: {final.error}")
             yield self._done_event(interaction_id, final, turn.attributes)
@@ -418,6 +399,16 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             read_task.cancel()
             for task in list(tasks):
                 task.cancel()
+
+
+def _say_options(o: pb.GenerationOptions) -> dict:
+    """A SayRequest's options as conversation options (zero = the persona's setting)."""
+    options = {"max_new_tokens": o.max_new_tokens, "temperature": o.temperature, "top_p": o.top_p, "top_k": o.top_k}
+    if o.seed:
+        options["seed"] = o.seed
+    if o.ignore_eos:
+        options["ignore_eos"] = True
+    return options
 
 
 async def _unary(context, fn):

@@ -19,10 +19,12 @@ from steernpc.sessions.stores import (
     default_sqlite_path,
     open_store,
 )
+from steernpc.sessions.window import fit_history
 
 __all__ = [
     "Session",
     "new_session_id",
+    "fit_history",
     "SNAPSHOT_FORMAT",
     "SNAPSHOT_VERSION",
     "SnapshotError",

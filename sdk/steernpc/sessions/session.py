@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from steernpc.prompt import Exchange
+from steernpc.sessions.window import fit_history
 
 
 def new_session_id() -> str:
@@ -124,8 +125,6 @@ class Session:
         """
         if budget is None or isinstance(budget, bool) or not isinstance(budget, int):
             raise TypeError(f"budget must be an integer number of tokens, got {budget!r}")
-        from steernpc.dialogue import fit_history
-
         return fit_history(self.history, count_tokens, budget, step)
 
     def copy(self) -> "Session":

@@ -1,0 +1,113 @@
+"""One turn of a conversation, for the gRPC server and `steernpc chat` alike:
+
+    begin:  resolve the attribute vector -> window the session's history -> build the prompt
+    submit: hand the request to the backend and get its Stream
+    finish: record the exchange in the session -> save the session
+
+Each step runs once per turn. Both callers go through here, so for the same session
+history they send the model byte-identical text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from steernpc.generation.base import Backend, Finished, GenerationRequest, SamplingParams
+from steernpc.generation.stream import Stream
+from steernpc.persona import Persona
+from steernpc.prompt import build_prompt, stop_strings
+from steernpc.sessions import Session, SessionStore
+
+# Old turns leave the prompt in blocks of this many, so a long conversation's cached
+# prefix stays valid for several turns instead of being recomputed every turn.
+HISTORY_STEP = 4
+
+
+def system_text(persona: Persona, player_name: str = "", context: Mapping[str, str] | None = None) -> str:
+    """The persona card, plus who the player is and any game context (kept stable across
+    turns so the card's KV cache is shared)."""
+    text = persona.card()
+    if player_name:
+        text += f"\nThe player is called {player_name}."
+    for key, value in sorted((context or {}).items()):
+        text += f"\n{key}: {value}"
+    return text
+
+
+def sampling_params(persona: Persona, options: Mapping[str, Any] | None = None) -> SamplingParams:
+    """The persona's generation settings; options given per request (non-zero) win.
+    Not validated here: Backend.submit validates every request's params, first thing."""
+    g = persona.generation
+    params = SamplingParams(
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        repetition_penalty=g.repetition_penalty,
+    )
+    for key, value in (options or {}).items():
+        if value not in (None, 0, 0.0) and hasattr(params, key):
+            setattr(params, key, value)
+    return params
+
+
+@dataclass
+class Turn:
+    """One player line on its way to a reply."""
+
+    session: Session
+    user: str
+    attributes: dict[str, int]  # the resolved vector the reply is generated under
+    request: GenerationRequest
+
+
+class Conversation:
+    """Runs turns on one backend with one prompt format; saves sessions to `store` (None:
+    the caller keeps the session, as `steernpc chat` does)."""
+
+    def __init__(self, backend: Backend, fmt: str, history_tokens: int = 1024, store: SessionStore | None = None):
+        self.backend = backend
+        self.fmt = fmt
+        self.history_tokens = history_tokens
+        self.store = store
+
+    def begin(
+        self,
+        persona: Persona,
+        session: Session,
+        text: str,
+        override: Mapping[str, int] | None = None,
+        options: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> Turn:
+        """Resolve, window and build the prompt (raises InvalidAttribute on bad steering,
+        ValueError on an empty line)."""
+        if not text or not text.strip():
+            raise ValueError("text is empty: say something to the character")
+        vector = persona.resolve(mood=session.mood or None, steer=session.steer, override=override)
+        history = session.window(self.backend.count_tokens, self.history_tokens, step=HISTORY_STEP)
+        system = system_text(persona, session.player_name, session.context)
+        prompt = build_prompt(self.fmt, system, history, text, vector, persona.schema, self.backend.tokenizer)
+        request = GenerationRequest(
+            prompt, sampling_params(persona, options), stop_strings(self.fmt, self.backend.tokenizer), session.session_id
+        )
+        if request_id:
+            request.request_id = request_id
+        return Turn(session, text, vector, request)
+
+    def submit(self, turn: Turn) -> Stream:
+        """Queue the turn's request (raises QueueFull, or ValueError on bad options)."""
+        return self.backend.submit(turn.request)
+
+    def finish(self, turn: Turn, final: Finished) -> bool:
+        """Record the reply in the session and save it; False when there is nothing to keep."""
+        if final.reason == "error" or not final.text:
+            return False
+        # A cancelled reply's partial text is kept too: the player saw it.
+        turn.session.record(turn.user, final.text, turn.attributes)
+        if self.store is not None:
+            # update, not put: a DeleteSession on another server sharing the store while
+            # this reply ran must not be undone by this save
+            self.store.update(turn.session)
+        return True
