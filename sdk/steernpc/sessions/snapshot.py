@@ -8,7 +8,9 @@ Layout (a msgpack map):
      "history": [{"user": str, "reply": str | nil, "labels": {str: int}}, ...],
      "created_at": float, "updated_at": float (optional)}
 
-Readers accept unknown extra keys (a later minor addition) but refuse a newer `version`.
+Readers accept unknown extra keys (a later minor addition) but refuse a newer `version`,
+and data over the limits of steernpc.limits (snapshot bytes, id and name lengths, context
+and attribute map sizes, turns, each player line and reply).
 Every problem raises SnapshotError (a ValueError) whose message says what is wrong, so a
 server can answer INVALID_ARGUMENT with it unchanged.
 """
@@ -20,6 +22,8 @@ from typing import Any
 
 import msgpack
 
+from steernpc import limits
+from steernpc.limits import LimitError, echo
 from steernpc.prompt import Exchange
 from steernpc.sessions.session import Session
 
@@ -66,6 +70,8 @@ def import_snapshot(data: bytes) -> Session:
     data = bytes(data)
     if not data:
         raise SnapshotError("empty snapshot (0 bytes)")
+    if len(data) > limits.MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(f"snapshot is too large: {len(data)} bytes (at most {limits.MAX_SNAPSHOT_BYTES} bytes)")
     if data[0] not in _MAP_MARKERS:
         raise SnapshotError(
             f"not a session snapshot: data starts with byte 0x{data[0]:02x}, "
@@ -94,11 +100,36 @@ def import_snapshot(data: bytes) -> Session:
 
 def session_from_dict(obj: Any) -> Session:
     """Validate a decoded snapshot dict and build the Session; raise SnapshotError."""
+    session = _session_from_dict(obj)
+    try:
+        check_sizes(session)
+    except LimitError as exc:
+        raise SnapshotError(str(exc)) from None
+    return session
+
+
+def check_sizes(session: Session) -> None:
+    """Raise LimitError naming the first field of `session` over its limit."""
+    limits.check_length("session_id", session.session_id, limits.MAX_ID)
+    limits.check_length("character_id", session.character_id, limits.MAX_ID)
+    limits.check_length("mood", session.mood, limits.MAX_NAME)
+    limits.check_length("player_name", session.player_name, limits.MAX_NAME)
+    limits.check_attribute_map("steer", session.steer)
+    limits.check_context("context", session.context)
+    if len(session.history) > limits.MAX_HISTORY_TURNS:
+        raise LimitError("history", f"history has {len(session.history)} turns (at most {limits.MAX_HISTORY_TURNS})")
+    for i, ex in enumerate(session.history):
+        limits.check_length(f"history[{i}].user", ex.user, limits.MAX_TEXT)
+        limits.check_length(f"history[{i}].reply", ex.reply or "", limits.MAX_REPLY)
+        limits.check_attribute_map(f"history[{i}].labels", ex.labels)
+
+
+def _session_from_dict(obj: Any) -> Session:
     if not isinstance(obj, dict):
         raise SnapshotError(f"not a session snapshot: expected a map, got {_kind(obj)}")
     fmt = obj.get("format")
     if fmt != SNAPSHOT_FORMAT:
-        got = "no format marker" if "format" not in obj else f"format {fmt!r}"
+        got = "no format marker" if "format" not in obj else f"format {echo(fmt)}"
         raise SnapshotError(f"not a session snapshot: {got}, expected format {SNAPSHOT_FORMAT!r}")
     version = obj.get("version")
     if "version" not in obj:
@@ -129,7 +160,7 @@ def session_from_dict(obj: Any) -> Session:
         raise SnapshotError(f"context must be a map of string to string, got {_kind(context)}")
     for k, v in context.items():
         _expect_str(k, "context key")
-        _expect_str(v, f"context[{k!r}]")
+        _expect_str(v, f"context[{echo(k)}]")
     created_at = _time(obj["created_at"], "created_at")
     updated_at = _time(obj["updated_at"], "updated_at") if "updated_at" in obj else created_at
 
@@ -187,7 +218,7 @@ def _int_map(value: Any, where: str) -> dict[str, int]:
     for k, v in value.items():
         _expect_str(k, f"{where} key")
         if not _is_int(v):
-            raise SnapshotError(f"{where}[{k!r}] must be an integer, got {_kind(v)}")
+            raise SnapshotError(f"{where}[{echo(k)}] must be an integer, got {_kind(v)}")
         out[k] = v
     return out
 
