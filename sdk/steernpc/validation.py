@@ -1,8 +1,10 @@
 """Checks on what a client sends, before any handler acts on it: one place for every RPC.
 
-    check_request(message)      a steernpc.v1 request's sizes (steernpc.limits), by type
-    check_session(session, p)   a session (e.g. an imported save file) against its
-                                character: mood, steer and every turn's labels
+    check_request(message)         a steernpc.v1 request's sizes (steernpc.limits), by type
+    check_session_sizes(session)   a session's sizes (an imported save file: before anything
+                                   else, even the character lookup)
+    check_session(session, p)      a session against its character: mood, steer and every
+                                   turn's labels
 
 Both raise LimitError / InvalidAttribute (ValueErrors) whose message names the field as
 the caller sent it; a front end (the gRPC servicer, an HTTP gateway) answers
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 from steernpc.attributes import InvalidAttribute
 from steernpc.limits import (
+    MAX_HISTORY_TURNS,
     MAX_ID,
     MAX_NAME,
+    MAX_REPLY,
     MAX_SNAPSHOT_BYTES,
     MAX_TEXT,
     LimitError,
@@ -89,11 +93,27 @@ def check_request(message) -> None:
     check(message)
 
 
+def check_session_sizes(session: Session) -> None:
+    """Raise LimitError naming the first field of `session` over its limit."""
+    check_length("session_id", session.session_id, MAX_ID)
+    check_length("character_id", session.character_id, MAX_ID)
+    check_length("mood", session.mood, MAX_NAME)
+    check_length("player_name", session.player_name, MAX_NAME)
+    check_attribute_map("steer", session.steer)
+    check_context("context", session.context)
+    if len(session.history) > MAX_HISTORY_TURNS:
+        raise LimitError("history", f"history has {len(session.history)} turns (at most {MAX_HISTORY_TURNS})")
+    for i, exchange in enumerate(session.history):
+        check_length(f"history[{i}].user", exchange.user, MAX_TEXT)
+        check_length(f"history[{i}].reply", exchange.reply or "", MAX_REPLY)
+        check_attribute_map(f"history[{i}].labels", exchange.labels)
+
+
 def check_session(session: Session, persona: Persona, where: str = "") -> dict[str, int]:
     """Check that `session` can be continued by `persona`: its mood and steer resolve, and
     every turn's labels are a complete vector of the persona's schema, in range (a reply's
     labels are replayed in later prompts, so a partial or unknown one would break every
-    later turn). Return the session's resolved vector. Sizes are the snapshot reader's.
+    later turn). Return the session's resolved vector. (Sizes: check_session_sizes.)
 
     No repair: a session that fails is refused whole, naming the first bad field."""
     vector = persona.resolve(mood=session.mood or None, steer=session.steer)

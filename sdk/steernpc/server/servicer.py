@@ -26,7 +26,7 @@ from steernpc.persona import Persona
 from steernpc.server.characters import CharacterRegistry
 from steernpc.server.metrics import Metrics
 from steernpc.sessions import Session, SessionStore, SnapshotError, StoreError, export_snapshot, import_snapshot
-from steernpc.validation import check_request, check_session
+from steernpc.validation import check_request, check_session, check_session_sizes
 from steernpc.wire import pb, pb_grpc
 
 log = logging.getLogger("steernpc.server")
@@ -245,10 +245,13 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 session = import_snapshot(request.data)
             except SnapshotError as exc:
                 raise _invalid(f"snapshot: {exc}") from None
-            persona = self._persona(session.character_id)
-            try:  # a save file is untrusted: it must be a session this character can continue
+            # A save file is untrusted: it must be within the limits and a session its
+            # character can continue.
+            try:
+                check_session_sizes(session)
+                persona = self._persona(session.character_id)
                 check_session(session, persona)
-            except InvalidAttribute as exc:
+            except (LimitError, InvalidAttribute) as exc:
                 raise _invalid(f"snapshot: {exc}") from None
             self._check_fits(persona, session)
             async with self._lock(session.session_id):

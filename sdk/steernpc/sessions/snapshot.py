@@ -8,9 +8,9 @@ Layout (a msgpack map):
      "history": [{"user": str, "reply": str | nil, "labels": {str: int}}, ...],
      "created_at": float, "updated_at": float (optional)}
 
-Readers accept unknown extra keys (a later minor addition) but refuse a newer `version`,
-and data over the limits of steernpc.limits (snapshot bytes, id and name lengths, context
-and attribute map sizes, turns, each player line and reply).
+Readers accept unknown extra keys (a later minor addition) but refuse a newer `version`.
+Sizes are not checked here (the stores read their own rows with import_snapshot): a save
+file from a client also passes steernpc.validation.check_session_sizes.
 Every problem raises SnapshotError (a ValueError) whose message says what is wrong, so a
 server can answer INVALID_ARGUMENT with it unchanged.
 """
@@ -22,8 +22,7 @@ from typing import Any
 
 import msgpack
 
-from steernpc import limits
-from steernpc.limits import LimitError, echo
+from steernpc.limits import echo
 from steernpc.prompt import Exchange
 from steernpc.sessions.session import Session
 
@@ -70,8 +69,6 @@ def import_snapshot(data: bytes) -> Session:
     data = bytes(data)
     if not data:
         raise SnapshotError("empty snapshot (0 bytes)")
-    if len(data) > limits.MAX_SNAPSHOT_BYTES:
-        raise SnapshotError(f"snapshot is too large: {len(data)} bytes (at most {limits.MAX_SNAPSHOT_BYTES} bytes)")
     if data[0] not in _MAP_MARKERS:
         raise SnapshotError(
             f"not a session snapshot: data starts with byte 0x{data[0]:02x}, "
@@ -100,31 +97,6 @@ def import_snapshot(data: bytes) -> Session:
 
 def session_from_dict(obj: Any) -> Session:
     """Validate a decoded snapshot dict and build the Session; raise SnapshotError."""
-    session = _session_from_dict(obj)
-    try:
-        check_sizes(session)
-    except LimitError as exc:
-        raise SnapshotError(str(exc)) from None
-    return session
-
-
-def check_sizes(session: Session) -> None:
-    """Raise LimitError naming the first field of `session` over its limit."""
-    limits.check_length("session_id", session.session_id, limits.MAX_ID)
-    limits.check_length("character_id", session.character_id, limits.MAX_ID)
-    limits.check_length("mood", session.mood, limits.MAX_NAME)
-    limits.check_length("player_name", session.player_name, limits.MAX_NAME)
-    limits.check_attribute_map("steer", session.steer)
-    limits.check_context("context", session.context)
-    if len(session.history) > limits.MAX_HISTORY_TURNS:
-        raise LimitError("history", f"history has {len(session.history)} turns (at most {limits.MAX_HISTORY_TURNS})")
-    for i, ex in enumerate(session.history):
-        limits.check_length(f"history[{i}].user", ex.user, limits.MAX_TEXT)
-        limits.check_length(f"history[{i}].reply", ex.reply or "", limits.MAX_REPLY)
-        limits.check_attribute_map(f"history[{i}].labels", ex.labels)
-
-
-def _session_from_dict(obj: Any) -> Session:
     if not isinstance(obj, dict):
         raise SnapshotError(f"not a session snapshot: expected a map, got {_kind(obj)}")
     fmt = obj.get("format")
