@@ -96,11 +96,11 @@ def finished_from(job: Any, reason: str, error: str | None = None) -> Finished:
 
 
 class PromptTooLong(ValueError):
-    """A prompt longer than the backend can hold (`tokens` > `limit`)."""
+    """A prompt of `tokens` tokens, longer than the longest the backend takes (`limit`)."""
 
-    def __init__(self, tokens: int, limit: int):
+    def __init__(self, tokens: int, limit: int, message: str | None = None):
         self.tokens, self.limit = tokens, limit
-        super().__init__(f"prompt is {tokens} tokens; this backend holds at most {limit}")
+        super().__init__(message or f"prompt is {tokens} tokens; the longest prompt this backend takes is {limit}")
 
 
 class Backend(ABC):

@@ -105,7 +105,8 @@ class Scheduler:
             if not ids:
                 raise ValueError("empty prompt")
             if len(ids) + 1 >= self.max_len:
-                raise PromptTooLong(len(ids), self.max_len - 2)
+                # "holds": the prompt and at least one token of reply
+                raise PromptTooLong(len(ids), self.max_len - 2, f"prompt is {len(ids)} tokens; this backend holds at most {self.max_len - 1}")
             self._pending.append(job)
             self._cond.notify()
         return stream
