@@ -1,8 +1,9 @@
 """One turn of a conversation, for the gRPC server and `steernpc chat` alike:
 
     begin:  resolve the attribute vector -> window the session's history -> build the prompt
+            (older turns drop further if the model cannot hold it)
     submit: hand the request to the backend and get its Stream
-    finish: record the exchange in the session -> save the session
+    finish: record the exchange in the session -> keep it within the session limits -> save
 
 Each step runs once per turn. Both callers go through here, so for the same session
 history they send the model byte-identical text.
@@ -13,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from steernpc.generation.base import Backend, Finished, GenerationRequest, SamplingParams
+from steernpc.generation.base import Backend, Finished, GenerationRequest, PromptTooLong, SamplingParams
+from steernpc.limits import MAX_HISTORY_TURNS, MAX_SNAPSHOT_BYTES
 from steernpc.generation.stream import Stream
 from steernpc.persona import Persona
 from steernpc.prompt import build_prompt, stop_strings
-from steernpc.sessions import Session, SessionStore
+from steernpc.sessions import Session, SessionStore, export_snapshot
 
 # Old turns leave the prompt in blocks of this many, so a long conversation's cached
 # prefix stays valid for several turns instead of being recomputed every turn.
@@ -82,13 +84,30 @@ class Conversation:
         request_id: str | None = None,
     ) -> Turn:
         """Resolve, window and build the prompt (raises InvalidAttribute on bad steering,
-        ValueError on an empty line)."""
+        ValueError on an empty line, PromptTooLong when even without history the prompt is
+        longer than the model holds)."""
         if not text or not text.strip():
             raise ValueError("text is empty: say something to the character")
         vector = persona.resolve(mood=session.mood or None, steer=session.steer, override=override)
         history = session.window(self.backend.count_tokens, self.history_tokens, step=HISTORY_STEP)
         system = system_text(persona, session.player_name, session.context)
-        prompt = build_prompt(self.fmt, system, history, text, vector, persona.schema, self.backend.tokenizer)
+
+        def build(history) -> str:
+            return build_prompt(self.fmt, system, history, text, vector, persona.schema, self.backend.tokenizer)
+
+        prompt = build(history)
+        limit = getattr(self.backend, "max_prompt_tokens", None)
+        if limit:
+            # The window keeps the newest turn even over its budget; if the model cannot
+            # hold the result, the older half of the history drops until it can, so that
+            # one long turn never makes every later turn fail.
+            tokens = self.backend.count_tokens(prompt)
+            while tokens > limit and history:
+                history = history[(len(history) + 1) // 2 :]
+                prompt = build(history)
+                tokens = self.backend.count_tokens(prompt)
+            if tokens > limit:
+                raise PromptTooLong(tokens, limit)
         request = GenerationRequest(
             prompt, sampling_params(persona, options), stop_strings(self.fmt, self.backend.tokenizer), session.session_id
         )
@@ -106,8 +125,25 @@ class Conversation:
             return False
         # A cancelled reply's partial text is kept too: the player saw it.
         turn.session.record(turn.user, final.text, turn.attributes)
+        keep_within_limits(turn.session)
         if self.store is not None:
             # update, not put: a DeleteSession on another server sharing the store while
             # this reply ran must not be undone by this save
             self.store.update(turn.session)
         return True
+
+
+def keep_within_limits(session: Session) -> int:
+    """Drop the oldest turns until the session holds at most MAX_HISTORY_TURNS and its
+    snapshot fits MAX_SNAPSHOT_BYTES (so every stored session exports into a snapshot that
+    imports again); the newest turn always stays. Return how many were dropped."""
+    dropped = session.trim(MAX_HISTORY_TURNS)
+    size = len(export_snapshot(session))
+    if size <= MAX_SNAPSHOT_BYTES:
+        return dropped
+    cut = 0
+    while size > MAX_SNAPSHOT_BYTES and cut < len(session.history) - 1:
+        ex = session.history[cut]
+        size -= len(ex.user.encode()) + len((ex.reply or "").encode())  # labels: a few bytes, not counted
+        cut += 1
+    return dropped + session.trim(len(session.history) - cut)

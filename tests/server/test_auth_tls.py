@@ -78,12 +78,17 @@ def test_right_api_key_works_for_every_kind_of_call(keyed):
             assert npc.get_session(sid).turns == 2
 
 
-def test_health_and_reflection_stay_open_without_a_key(keyed):
+def test_health_stays_open_and_reflection_follows_the_key(keyed):
+    """Health is for load balancers and orchestrators, which carry no key; reflection
+    describes the whole API, so on a keyed server it needs a key like the API itself."""
+    list_services = [reflection_pb2.ServerReflectionRequest(list_services="")]
     with keyed.channel() as channel:
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        exc = rpc_error(lambda: list(stub.ServerReflectionInfo(iter(list_services), timeout=10)))
+        assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, exc
+        answers = list(stub.ServerReflectionInfo(iter(list_services), timeout=10, metadata=(("authorization", f"Bearer {KEYS[1]}"),)))
         assert SERVICE in {s.name for s in answers[0].list_services_response.service}
 
 

@@ -25,6 +25,8 @@ def test_sigkill_mid_conversation_then_restart_on_the_same_sqlite_file(launch, t
         assert server.proc.returncode == -9
 
     with SqliteStore(db) as store:  # the file is intact and holds what was committed
+        # The turn the kill cut is lost whole, the player's line with it (README, "Limits
+        # and hostile input"): a turn is stored once, when its reply ends.
         assert store.get("inn").turns == 2
 
     restarted = launch("sqlite-b", store="sqlite", store_path=db)

@@ -95,11 +95,20 @@ def finished_from(job: Any, reason: str, error: str | None = None) -> Finished:
     )
 
 
+class PromptTooLong(ValueError):
+    """A prompt of `tokens` tokens, longer than the longest the backend takes (`limit`)."""
+
+    def __init__(self, tokens: int, limit: int, message: str | None = None):
+        self.tokens, self.limit = tokens, limit
+        super().__init__(message or f"prompt is {tokens} tokens; the longest prompt this backend takes is {limit}")
+
+
 class Backend(ABC):
     """A text generator that streams. Implementations must be thread-safe for submit()."""
 
     name: str = "backend"
     tokenizer: Any = None
+    max_prompt_tokens: int | None = None  # the longest prompt submit() takes (None: not known here)
 
     @abstractmethod
     def submit(self, request: GenerationRequest) -> "Stream":  # noqa: F821

@@ -43,6 +43,10 @@ class RunnerBackend(Backend):
                                    max_queue=max_queue, prefill_chunk=prefill_chunk, thread_name=self.thread_name)  # fmt: skip
 
     @property
+    def max_prompt_tokens(self) -> int:
+        return self.scheduler.max_len - 2  # one position stays free for the first reply token
+
+    @property
     def eos_ids(self) -> set[int]:
         return self.scheduler.eos_ids
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from steernpc.generation.base import Delta, Finished, GenerationRequest, QueueFull, finished_from
+from steernpc.generation.base import Delta, Finished, GenerationRequest, PromptTooLong, QueueFull, finished_from
 from steernpc.generation.detokenize import TextAssembler
 from steernpc.generation.kv_slots import KvSlots
 from steernpc.generation.sampling import Sampler
@@ -105,7 +105,8 @@ class Scheduler:
             if not ids:
                 raise ValueError("empty prompt")
             if len(ids) + 1 >= self.max_len:
-                raise ValueError(f"prompt is {len(ids)} tokens; this backend holds at most {self.max_len - 1}")
+                # "holds": the prompt and at least one token of reply
+                raise PromptTooLong(len(ids), self.max_len - 2, f"prompt is {len(ids)} tokens; this backend holds at most {self.max_len - 1}")
             self._pending.append(job)
             self._cond.notify()
         return stream

@@ -1,4 +1,7 @@
-"""API keys: `authorization: Bearer KEY` on every call except health and reflection."""
+"""API keys: `authorization: Bearer KEY` on every call except health.
+
+Health stays open so that load balancers and orchestrators can probe a keyed server;
+reflection (which describes the whole API) needs the key like the API itself."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import hmac
 
 import grpc
 
-OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+OPEN_SERVICES = ("/grpc.health.v1.Health/",)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):

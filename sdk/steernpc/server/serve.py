@@ -68,7 +68,9 @@ def build_backend(args: argparse.Namespace):
 
 async def serve(args: argparse.Namespace) -> None:
     from steernpc.runtime_defaults import model_format
+    from steernpc.limits import MAX_MESSAGE_BYTES
     from steernpc.server.auth import ApiKeyInterceptor
+    from steernpc.server.guard import RequestGuard
     from steernpc.server.characters import CharacterRegistry
     from steernpc.server.metrics import Metrics
     from steernpc.server.servicer import NpcServicer
@@ -84,8 +86,15 @@ async def serve(args: argparse.Namespace) -> None:
         metrics.serve(args.metrics_port, args.host)
     servicer = NpcServicer(characters, store, None, history_tokens=args.history_tokens, metrics=metrics)
 
-    interceptors = [ApiKeyInterceptor(args.api_key)] if args.api_key else []
-    server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+    # Auth first (a caller without a key learns nothing else), then the guard that answers
+    # bytes which are not protobuf with INVALID_ARGUMENT.
+    interceptors = ([ApiKeyInterceptor(args.api_key)] if args.api_key else []) + [RequestGuard()]
+    options = [
+        ("grpc.so_reuseport", 0),
+        # The largest request is a snapshot (limits.MAX_SNAPSHOT_BYTES) plus framing.
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     pb_grpc.add_NpcServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,6 +1,8 @@
 """The steernpc.v1.NpcService implementation (grpc.aio).
 
-Every handler validates first and answers with a status that says what to fix; nothing a
+Every request passes steernpc.validation.check_request first (sizes, in `_unary`, `Say`
+and per frame in `Converse`); handlers then check against the character and answer with a
+status that says what to fix, echoing client values cut short (limits.echo). Nothing a
 client sends can crash the server or touch another session. Generation runs on the
 backend's engine thread; handlers only await its Stream.
 """
@@ -17,12 +19,14 @@ from typing import AsyncIterator
 import grpc
 
 from steernpc.attributes import InvalidAttribute
-from steernpc.conversation import Conversation
-from steernpc.generation.base import Backend, Delta, Finished, QueueFull
+from steernpc.conversation import Conversation, system_text
+from steernpc.generation.base import Backend, Delta, Finished, PromptTooLong, QueueFull
+from steernpc.limits import MAX_ID, LimitError, echo
 from steernpc.persona import Persona
 from steernpc.server.characters import CharacterRegistry
 from steernpc.server.metrics import Metrics
 from steernpc.sessions import Session, SessionStore, SnapshotError, StoreError, export_snapshot, import_snapshot
+from steernpc.validation import check_request, check_session, check_session_sizes
 from steernpc.wire import pb, pb_grpc
 
 log = logging.getLogger("steernpc.server")
@@ -84,7 +88,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         persona = self.characters.get(character_id)
         if persona is None:
             known = ", ".join(p.id for p in self.characters.all())
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"character {character_id!r} not found; characters: {known}")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"character {echo(character_id)} not found; characters: {known}")
         return persona
 
     async def _session(self, session_id: str) -> Session:
@@ -92,7 +96,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             raise _invalid("session_id is empty")
         session = await asyncio.to_thread(self.store.get, session_id)
         if session is None:
-            raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} not found (deleted, expired or never created)")
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {echo(session_id)} not found (deleted, expired or never created)")
         return session
 
     def _session_message(self, session: Session, persona: Persona | None = None) -> pb.Session:
@@ -121,6 +125,20 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             return persona.resolve(mood=mood or None, steer=steer, override=override)
         except InvalidAttribute as exc:
             raise _invalid(str(exc)) from None
+
+    def _check_fits(self, persona: Persona, session: Session) -> None:
+        """The character card with the session's player_name and context must leave the
+        model room for history and the player's line (half of what it holds), or no turn
+        of the session could ever run. Checked once the model has loaded."""
+        limit = getattr(self.backend, "max_prompt_tokens", None)
+        if not limit:
+            return
+        tokens = self.backend.count_tokens(system_text(persona, session.player_name, session.context))
+        if tokens > limit // 2:
+            raise _invalid(
+                f"player_name and context are too long for this model: the character card with them is "
+                f"{tokens} tokens (at most {limit // 2})"
+            )
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         lock = self._locks.get(session_id)
@@ -153,7 +171,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         return pb.ListCharactersResponse(characters=[self._character_message(p) for p in self.characters.all()])
 
     async def GetCharacter(self, request, context):
-        return await _unary(context, lambda: self._character_message(self._persona(request.character_id)))
+        return await _unary(context, request, lambda: self._character_message(self._persona(request.character_id)))
 
     # -- sessions -----------------------------------------------------------------------------------
     async def CreateSession(self, request, context):
@@ -162,24 +180,23 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             steer = self._check_attributes(persona, request.attributes)
             self._check_steering(persona, request.mood, steer)
             session_id = request.session_id or uuid.uuid4().hex
-            if len(session_id) > 128:
-                raise _invalid("session_id is longer than 128 characters")
             if await asyncio.to_thread(self.store.get, session_id) is not None:
-                raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"session {session_id!r} already exists")
+                raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"session {echo(session_id)} already exists")
             session = Session.new(
                 persona.id, session_id, mood=request.mood, steer=steer,
                 player_name=request.player_name, context=dict(request.context),
             )  # fmt: skip
+            self._check_fits(persona, session)
             await asyncio.to_thread(self.store.put, session)
             return self._session_message(session, persona)
 
-        return await _unary(context, run)
+        return await _unary(context, request, run)
 
     async def GetSession(self, request, context):
         async def run():
             return self._session_message(await self._session(request.session_id))
 
-        return await _unary(context, run)
+        return await _unary(context, request, run)
 
     async def DeleteSession(self, request, context):
         async def run():
@@ -192,13 +209,13 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 running.cancel()
             async with self._lock(request.session_id):
                 if not await asyncio.to_thread(self.store.delete, request.session_id):
-                    raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} not found")
+                    raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {echo(request.session_id)} not found")
             self._locks.pop(request.session_id, None)
             if self.backend is not None:
                 self.backend.drop_cache(request.session_id)
             return pb.DeleteSessionResponse()
 
-        return await _unary(context, run)
+        return await _unary(context, request, run)
 
     async def _steer(self, request) -> pb.Session:
         async with self._lock(request.session_id):
@@ -210,17 +227,17 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             self._check_steering(persona, mood, steer)
             session.apply_steer(mood=request.mood or None, attributes=dict(request.attributes), clear=request.clear)
             if not await asyncio.to_thread(self.store.update, session):
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {request.session_id!r} not found (deleted meanwhile)")
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {echo(request.session_id)} not found (deleted meanwhile)")
             return self._session_message(session, persona)
 
     async def Steer(self, request, context):
-        return await _unary(context, lambda: self._steer(request))
+        return await _unary(context, request, lambda: self._steer(request))
 
     async def ExportSession(self, request, context):
         async def run():
             return pb.SessionSnapshot(data=export_snapshot(await self._session(request.session_id)))
 
-        return await _unary(context, run)
+        return await _unary(context, request, run)
 
     async def ImportSession(self, request, context):
         async def run():
@@ -228,13 +245,20 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 session = import_snapshot(request.data)
             except SnapshotError as exc:
                 raise _invalid(f"snapshot: {exc}") from None
-            persona = self._persona(session.character_id)
-            self._check_steering(persona, session.mood, session.steer)
+            # A save file is untrusted: it must be within the limits and a session its
+            # character can continue.
+            try:
+                check_session_sizes(session)
+                persona = self._persona(session.character_id)
+                check_session(session, persona)
+            except (LimitError, InvalidAttribute) as exc:
+                raise _invalid(f"snapshot: {exc}") from None
+            self._check_fits(persona, session)
             async with self._lock(session.session_id):
                 await asyncio.to_thread(self.store.put, session)
             return self._session_message(session, persona)
 
-        return await _unary(context, run)
+        return await _unary(context, request, run)
 
     # -- dialogue -----------------------------------------------------------------------------------
     async def _say_events(self, request) -> AsyncIterator[pb.SayEvent]:
@@ -242,7 +266,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         backend = self._ready_backend()
         interaction_id = request.interaction_id or uuid.uuid4().hex
         if interaction_id in self._interactions:
-            raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"interaction {interaction_id!r} is already running")
+            raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"interaction {echo(interaction_id)} is already running")
         if not request.text.strip():
             raise _invalid("text is empty: the player must say something")
         # Registered at once, so that Cancel finds a say still waiting for the session.
@@ -270,6 +294,11 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 stream = conversation.submit(turn)
             except QueueFull as exc:
                 raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+            except PromptTooLong as exc:
+                raise _invalid(
+                    f"text is too long for this model: the prompt would be {exc.tokens} tokens with the character "
+                    f"card and the session's context (at most {exc.limit}); say less"
+                ) from None
             except (InvalidAttribute, ValueError) as exc:
                 raise _invalid(str(exc)) from None
             self._interactions[interaction_id] = stream
@@ -318,6 +347,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
 
     async def Say(self, request, context):
         try:
+            _checked(request)
             async for event in self._say_events(request):
                 yield event
         except RequestError as exc:
@@ -329,17 +359,23 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         async def run():
             stream = self._interactions.get(request.interaction_id)
             if stream is None:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"interaction {request.interaction_id!r} is not running")
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"interaction {echo(request.interaction_id)} is not running")
             stream.cancel()
             return pb.CancelResponse(cancelled=True)
 
-        return await _unary(context, run)
+        return await _unary(context, request, run)
 
     async def Converse(self, request_iterator, context):
         """say / steer / cancel on one stream; each say runs as its own task so a cancel
-        can arrive while it streams. Problems come back as `error` events."""
+        can arrive while it streams. Problems with one request come back as `error` events
+        and the stream goes on. A frame that is not a ConverseRequest at all ends the
+        stream with INVALID_ARGUMENT (server/guard.py): whatever stops the reader ends the
+        stream, so it never waits on a reader that is gone."""
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
+
+        def error_event(iid: str, code: grpc.StatusCode, message: str) -> pb.SayEvent:
+            return pb.SayEvent(interaction_id=iid, error=pb.ReplyError(code=code.value[0], message=message))
 
         async def run_say(say):
             iid = say.interaction_id
@@ -347,24 +383,38 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 async for event in self._say_events(say):
                     await out.put(event)
             except RequestError as exc:
-                await out.put(pb.SayEvent(interaction_id=iid, error=pb.ReplyError(code=exc.code.value[0], message=exc.message)))
+                await out.put(error_event(iid, exc.code, exc.message))
+            except StoreError as exc:
+                await out.put(error_event(iid, grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {exc}"))
 
         async def run_steer(steer):
             try:
                 await out.put(pb.SayEvent(session=await self._steer(steer)))
             except RequestError as exc:
-                await out.put(pb.SayEvent(error=pb.ReplyError(code=exc.code.value[0], message=exc.message)))
+                await out.put(error_event("", exc.code, exc.message))
+            except StoreError as exc:
+                await out.put(error_event("", grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {exc}"))
 
         def spawn(coro) -> None:
             task = asyncio.create_task(coro)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        async def reader():
+        def frame_id(message) -> str:
+            kind = message.WhichOneof("request")
+            iid = getattr(message, kind).interaction_id if kind in ("say", "cancel") else ""
+            return iid if len(iid) <= MAX_ID else ""  # an over-long id is not echoed back
+
+        async def read():
             # A say or a steer waits for the session's running reply (the session lock), so
             # both run as tasks and the reader stays free for a cancel. The lock is FIFO and
             # each task asks for it in its first step, so they apply in the order sent.
             async for message in request_iterator:
+                try:
+                    _checked(message)
+                except RequestError as exc:
+                    await out.put(error_event(frame_id(message), exc.code, exc.message))
+                    continue
                 kind = message.WhichOneof("request")
                 if kind == "say":
                     say = message.say
@@ -378,15 +428,16 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                     if stream is not None:
                         stream.cancel()
                     else:
-                        await out.put(
-                            pb.SayEvent(
-                                interaction_id=message.cancel.interaction_id,
-                                error=pb.ReplyError(code=grpc.StatusCode.NOT_FOUND.value[0], message="interaction is not running"),
-                            )
-                        )
+                        await out.put(error_event(message.cancel.interaction_id, grpc.StatusCode.NOT_FOUND, "interaction is not running"))
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
-            await out.put(None)
+
+        async def reader():
+            try:
+                await read()
+                await out.put(None)
+            except Exception as exc:  # a malformed frame, a broken stream: the stream ends with it
+                await out.put(exc)
 
         read_task = asyncio.create_task(reader())
         try:
@@ -394,6 +445,8 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                 event = await out.get()
                 if event is None:
                     break
+                if isinstance(event, Exception):
+                    raise event
                 yield event
         finally:
             read_task.cancel()
@@ -411,9 +464,18 @@ def _say_options(o: pb.GenerationOptions) -> dict:
     return options
 
 
-async def _unary(context, fn):
-    """Run a handler body; turn RequestError into the matching status."""
+def _checked(request) -> None:
+    """The request's sizes (steernpc.validation), as INVALID_ARGUMENT."""
     try:
+        check_request(request)
+    except LimitError as exc:
+        raise _invalid(str(exc)) from None
+
+
+async def _unary(context, request, fn):
+    """Check the request, run a handler body; turn RequestError into the matching status."""
+    try:
+        _checked(request)
         result = fn()
         if asyncio.iscoroutine(result):
             result = await result

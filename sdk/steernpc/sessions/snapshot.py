@@ -9,6 +9,8 @@ Layout (a msgpack map):
      "created_at": float, "updated_at": float (optional)}
 
 Readers accept unknown extra keys (a later minor addition) but refuse a newer `version`.
+Sizes are not checked here (the stores read their own rows with import_snapshot): a save
+file from a client also passes steernpc.validation.check_session_sizes.
 Every problem raises SnapshotError (a ValueError) whose message says what is wrong, so a
 server can answer INVALID_ARGUMENT with it unchanged.
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from steernpc.limits import echo
 from steernpc.prompt import Exchange
 from steernpc.sessions.session import Session
 
@@ -98,7 +101,7 @@ def session_from_dict(obj: Any) -> Session:
         raise SnapshotError(f"not a session snapshot: expected a map, got {_kind(obj)}")
     fmt = obj.get("format")
     if fmt != SNAPSHOT_FORMAT:
-        got = "no format marker" if "format" not in obj else f"format {fmt!r}"
+        got = "no format marker" if "format" not in obj else f"format {echo(fmt)}"
         raise SnapshotError(f"not a session snapshot: {got}, expected format {SNAPSHOT_FORMAT!r}")
     version = obj.get("version")
     if "version" not in obj:
@@ -129,7 +132,7 @@ def session_from_dict(obj: Any) -> Session:
         raise SnapshotError(f"context must be a map of string to string, got {_kind(context)}")
     for k, v in context.items():
         _expect_str(k, "context key")
-        _expect_str(v, f"context[{k!r}]")
+        _expect_str(v, f"context[{echo(k)}]")
     created_at = _time(obj["created_at"], "created_at")
     updated_at = _time(obj["updated_at"], "updated_at") if "updated_at" in obj else created_at
 
@@ -187,7 +190,7 @@ def _int_map(value: Any, where: str) -> dict[str, int]:
     for k, v in value.items():
         _expect_str(k, f"{where} key")
         if not _is_int(v):
-            raise SnapshotError(f"{where}[{k!r}] must be an integer, got {_kind(v)}")
+            raise SnapshotError(f"{where}[{echo(k)}] must be an integer, got {_kind(v)}")
         out[k] = v
     return out
 
