@@ -798,6 +798,7 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
     step = 0
     tokens_seen = 0
     resume_from = None
+    resumed_loss = None
     if cfg.resume not in ("never", "auto"):
         resume_from = Path(cfg.resume)
     elif cfg.resume == "auto" and checkpoints(out):
@@ -811,6 +812,8 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
                                  "pass --resume never to start over")
         step = state["step"]
         tokens_seen = state.get("tokens_seen", 0)
+        resumed_loss = state.get("loss")
+        started -= state.get("elapsed_s", 0.0)  # the metadata's seconds count every run of this training
         log(f"resumed from {resume_from} at step {step}")
 
     cuda = dist_.device.startswith("cuda")
@@ -825,7 +828,7 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
     from .progress import progress_bar
 
     bar = progress_bar(total, "sft", "step", initial=step, enabled=not dist_.rank)
-    last_loss = float("nan")
+    last_loss = resumed_loss if resumed_loss is not None else float("nan")
     while step < total:
         rows = plan.step_rows(step)
         step_targets = sum(examples[i].n_trained for row in rows for i in row) or 1
@@ -881,7 +884,8 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
         if dist_.world > 1:  # every rank must agree to checkpoint (and to stop)
             timed, stop = dist_.any(timed), dist_.any(stop)
         if (due or timed or stop) and step < total:
-            _save_checkpoint(out, step, model, optim, sched, {**state_base, "tokens_seen": tokens_seen, "loss": last_loss}, dist_, cfg.keep_checkpoints)
+            _save_checkpoint(out, step, model, optim, sched, {**state_base, "tokens_seen": tokens_seen, "loss": last_loss,
+                                                                        "elapsed_s": round(time.time() - started, 1)}, dist_, cfg.keep_checkpoints)
             last_save = time.time()
         if stop and step < total:
             log(f"stopped by signal after step {step}; checkpoint saved, run the same command to resume")
@@ -898,7 +902,7 @@ def _train(cfg: SFTConfig, dist_: Dist, stopper: "_StopOnSignal") -> dict:
         "kind": "full" if cfg.full else "lora",
         "steps": total,
         "tokens_seen": tokens_seen,
-        "final_loss": last_loss,
+        "final_loss": None if math.isnan(last_loss) else last_loss,  # NaN is not JSON
         "examples": len(examples),
         "seconds": round(time.time() - started, 1),
         "config": asdict(cfg),
