@@ -24,7 +24,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,13 +35,11 @@ from steernpc.prompt import Exchange
 
 from steernpc_train import stats as st
 from steernpc_train.data import MISSING, RegressionExample, nemo_context, parse_nemo_context, read_regression
+from steernpc_train.progress import log
 
 DEFAULT_BACKBONE = "minilm"
 INPUT_MODES = ("conversation", "reply")
 
-
-def log(message: str) -> None:
-    print(f"[steernpc-train] {message}", file=sys.stderr, flush=True)
 
 
 def resolve_backbone(spec: str | os.PathLike | None) -> Path:

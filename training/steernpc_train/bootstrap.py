@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,10 +48,8 @@ from steernpc.prompt import CHAT_LABEL_PREFIX, NEMO_LABEL, Exchange, build_promp
 
 from steernpc_train.data import Conversation, Turn, dumps, read_conversations, to_nemo
 from steernpc_train.sft import GENERIC_CARD, SFTConfig, load_personas_dict, persona_system, train_sft
+from steernpc_train.progress import log
 
-
-def log(message: str) -> None:
-    print(f"[steernpc-train] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +29,8 @@ from steernpc.attributes import resolve_attributes
 from steernpc.prompt import Exchange, build_prompt
 
 from steernpc_train import stats as st
+from steernpc_train.progress import log
 
-
-def log(message: str) -> None:
-    print(f"[steernpc-train] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass

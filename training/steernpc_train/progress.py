@@ -1,4 +1,4 @@
-"""One progress bar for every long training step, on a terminal and in a log file alike.
+"""Training's console output: log lines, and one progress bar for every long training step, on a terminal and in a log file alike.
 
 tqdm's default (`disable=None`) hides the bar when stderr is not a terminal, so a run in
 the background (`nohup ... > log`) showed nothing for hours. Here the bar always shows;
@@ -9,6 +9,11 @@ from __future__ import annotations
 import sys
 
 from tqdm import tqdm
+
+
+def log(message: str) -> None:
+    """One line of training's console output (stderr, flushed so that it lands in a log at once)."""
+    print(f"[steernpc-train] {message}", file=sys.stderr, flush=True)
 
 
 def progress_bar(total: int | None, desc: str, unit: str, initial: int = 0, enabled: bool = True) -> tqdm:
