@@ -102,3 +102,20 @@ def test_unseeded_requests_draw_from_the_shared_generator():
 def test_eos_ids_reads_every_spelling():
     assert eos_ids(2, None, [2, 7], (9,), {11}) == {2, 7, 9, 11}
     assert eos_ids() == set() and eos_ids(None) == set()
+
+
+def test_top_p_keeps_exactly_the_nucleus_of_a_full_sort():
+    # the fast path sorts only the likeliest few hundred tokens; it must keep the same set
+    # as sorting the whole vocabulary, for peaked and for flat distributions alike
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        logits = rng.standard_normal(49152) * rng.uniform(0.5, 6.0)
+        top_p = rng.uniform(0.05, 0.999)
+        fast = logits.copy()
+        Sampler._top_p(fast, top_p)
+        order = np.argsort(-logits, kind="stable")
+        probs = np.exp(logits[order] - logits[order][0])
+        probs /= probs.sum()
+        full = logits.copy()
+        full[order[np.cumsum(probs) - probs > top_p]] = -np.inf
+        assert np.array_equal(np.isinf(fast), np.isinf(full))
