@@ -215,6 +215,21 @@ BROKEN_SCHEMAS = [
     ("name: s\nattributes:\n  - {name: a, min: 0, max: 4, default: 1\n", 3, "the '{' opened here is not closed"),
     ("name: s\nattributes:\n\t- {name: a, min: 0, max: 4, default: 1}\n", 3, "indent with spaces, not tabs"),
     ("- name: s\n", 1, "a schema file must be a mapping"),
+    (
+        "name: s\nattributes:\n  - name: a\n    min: 0\n    max: 2\n    default: 1\n    levels: [low, high]\n",
+        7,
+        "attributes.a.levels has 2 words; its range has 3 levels",
+    ),
+    (
+        "name: s\nattributes:\n  - name: a\n    min: 0\n    max: 1\n    default: 1\n    levels: [low, low]\n",
+        7,
+        "attributes.a.levels names a word twice",
+    ),
+    (
+        "name: s\nattributes:\n  - name: a\n    min: 0\n    max: 1\n    default: 1\n    levels: [Low, 2]\n",
+        7,
+        "attributes.a.levels must be a list of lowercase words",
+    ),
 ]
 
 
@@ -228,6 +243,34 @@ def test_broken_schema_reports_file_and_line(tmp_path, text, line, fragment):
     assert [(p.file, p.line) for p in problems] == [(str(path), line)], [str(p) for p in problems]
     assert fragment in problems[0].message
     assert str(problems[0]).startswith(f"{path}:{line}: ")
+
+
+# -- level words (the verbal format's label line) -----------------------------------------------
+
+def test_npc_levels_follow_the_rubric(npc):
+    assert npc.has_levels and not AttributeSchema.builtin("nemo").has_levels
+    assert npc["friendliness"].levels == ("hostile", "cold", "neutral", "friendly", "warm")
+    vector = {"humor": 4, "friendliness": 0, "creativity": 1, "verbosity": 3}
+    assert npc.encode(vector, words=True) == "humor:hilarious,friendliness:hostile,creativity:plain,verbosity:long"
+    assert npc.encode(vector) == "humor:4,friendliness:0,creativity:1,verbosity:3"
+
+
+def test_level_words_decode_back_and_mix_with_digits(npc):
+    vector = {"humor": 2, "friendliness": 3, "creativity": 0, "verbosity": 4}
+    assert npc.decode(npc.encode(vector, words=True)) == vector
+    assert npc.decode("humor:wry,verbosity:1") == {"humor": 2, "verbosity": 1}
+    with pytest.raises(InvalidAttribute, match=r"labels.humor = 'grim' is not an integer"):
+        npc.decode("humor:grim")
+
+
+def test_levels_survive_the_schema_round_trip(npc):
+    again = AttributeSchema.from_dict(npc.to_dict(), "<test>")
+    assert [s.levels for s in again.specs] == [s.levels for s in npc.specs]
+
+
+def test_words_need_levels_on_every_attribute():
+    with pytest.raises(ValueError, match="schema 'nemo' names no levels for quality, toxicity"):
+        AttributeSchema.builtin("nemo").encode(AttributeSchema.builtin("nemo").defaults(), words=True)
 
 
 # -- resolution order ------------------------------------------------------------------------

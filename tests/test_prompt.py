@@ -54,6 +54,27 @@ def test_nemo_training_segments_put_loss_on_replies_and_end_markers_only():
     assert "".join(t for t, _ in pieces).endswith("d\n<extra_id_1>")
 
 
+def test_verbal_is_the_nemo_template_with_level_words():
+    vector = {"humor": 4, "friendliness": 0, "creativity": 2, "verbosity": 1}
+    text = build_prompt("verbal", "SYS", [Exchange("Hi", "Hm.", dict(vector, humor=0))], "Joke?", vector, NPC)
+    assert text == (
+        "<extra_id_0>System\nSYS\n"
+        "<extra_id_1>User\nHi\n<extra_id_1>Assistant\n<extra_id_2>"
+        "humor:serious,friendliness:hostile,creativity:vivid,verbosity:short\nHm.\n"
+        "<extra_id_1>User\nJoke?\n<extra_id_1>Assistant\n<extra_id_2>"
+        "humor:hilarious,friendliness:hostile,creativity:vivid,verbosity:short\n"
+    )
+    assert text.replace("hilarious", "4").replace("serious", "0").replace("hostile", "0").replace("vivid", "2") \
+        .replace("short", "1") == build_prompt("nemo", "SYS", [Exchange("Hi", "Hm.", dict(vector, humor=0))], "Joke?", vector, NPC)
+    assert parse_labels("verbal", text, NPC) == vector
+    assert stop_strings("verbal") == ["<extra_id_1>"]
+
+
+def test_verbal_needs_a_schema_with_level_words():
+    with pytest.raises(ValueError, match="the verbal format needs `levels:`"):
+        build_prompt("verbal", "S", [], "hi", LABELS, NEMO)
+
+
 def test_label_line_is_in_schema_order_whatever_the_dict_order():
     shuffled = dict(reversed(list(LABELS.items())))
     assert NEMO.encode(shuffled) == LINE

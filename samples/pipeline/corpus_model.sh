@@ -3,11 +3,13 @@
 # Every step resumes where it stopped (run the same command again); progress bars on each.
 #
 #   samples/pipeline/corpus_model.sh [WORK_DIR]        (default runs/corpus)
-#   SFT_STEPS=129 samples/pipeline/corpus_model.sh      (a full epoch; default 60 steps, ~0.47 epoch)
+#   SFT_STEPS=129 samples/pipeline/corpus_model.sh      (step 3b a full epoch; default 60 steps, ~0.47 epoch)
 #
 # 1. APM on the corpus, evaluated on the 8 held-out personas (never in its training data)
-# 3. LoRA SFT in the nemo format: each contrast set shares one prefix, and every reply is
-#    also scored under labels with one attribute moved (the label-contrast term)
+# 3. LoRA SFT: each contrast set shares one prefix, and every reply is also scored under
+#    labels with one attribute moved (the label-contrast term); first in the nemo format
+#    (digits, 47 steps: the previous shipped adapter), then continued in the verbal format
+#    (the same template with the level words of the schema in the label line)
 # -> steerability report: held-out personas x held-out lines, every attribute swept 0..4,
 #    sampled with several seeds; the untuned base as the baseline row
 set -euo pipefail
@@ -21,10 +23,15 @@ echo "== step 1: APM on the corpus replies, held out by persona"
 [ -f "$W/apm/apm.json" ] || steernpc train apm --schema $SCHEMA --data $C/dialogue/*.jsonl --eval $C/eval/*.jsonl \
   --input reply --epochs 4 --max-length 96 --batch-size 32 --out "$W/apm"
 
-echo "== step 3: attribute-conditioned LoRA SFT with shared prefixes and the label-contrast term"
+echo "== step 3a: attribute-conditioned LoRA SFT (nemo digits) with shared prefixes and the label-contrast term"
 steernpc train sft --base smollm2 --format nemo --schema $SCHEMA --personas $C/personas/train --data $C/dialogue/*.jsonl \
   --contrast-weight 1.0 --end-weight 3 --lora 32 --max-length 1280 --micro-batch 1 --grad-accum 8 \
-  --max-steps ${SFT_STEPS:-60} --epochs 1 --precision bf16 --lr 6e-4 --save-minutes 10 --out "$W/sft"
+  --max-steps ${SFT_A_STEPS:-47} --epochs 1 --precision bf16 --lr 6e-4 --save-minutes 10 --out "$W/sft_nemo"
+
+echo "== step 3b: continue in the verbal format (level words in the label line), a stronger label-contrast term"
+steernpc train sft --base smollm2 --format verbal --schema $SCHEMA --personas $C/personas/train --data $C/dialogue/*.jsonl \
+  --init-adapter "$W/sft_nemo" --contrast-weight 2.0 --end-weight 3 --lora 32 --max-length 1280 --micro-batch 1 --grad-accum 8 \
+  --max-steps ${SFT_STEPS:-60} --epochs 1 --precision bf16 --lr 6e-4 --seed 1 --save-minutes 10 --out "$W/sft"
 
 echo "== steerability on held-out personas x held-out lines (sampled, 2 samples each), and the untuned base"
 for model in sft base; do

@@ -28,6 +28,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="smollm2")
     parser.add_argument("--adapter", default=None)
+    parser.add_argument("--format", choices=("nemo", "verbal"), default=None, help="default: the adapter's, else nemo")
     parser.add_argument("--max-replies", type=int, default=0, help="0 = all 400")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default=None)
@@ -47,12 +48,15 @@ def main(argv: list[str]) -> int:
     convs = [c for f in sorted((CORPUS / "eval").glob("*.jsonl")) for c in read_conversations(f, "npc")]
     if args.max_replies:
         convs = random.Random(0).sample(convs, args.max_replies)
+    from steernpc.model_card import read_train_meta
+
+    fmt = args.format or (read_train_meta(args.adapter).get("format") if args.adapter else None) or "nemo"
     model, tok = load_generator(args.base, args.adapter)
     model.eval()
     rng = random.Random(0)
 
     def sequence(system: str, user: str, reply: str, labels: dict) -> tuple[list[int], int]:
-        context, trained = [t for t, _ in segments("nemo", system, [Exchange(user, reply, labels)], schema)]
+        context, trained = [t for t, _ in segments(fmt, system, [Exchange(user, reply, labels)], schema)]
         ctx = tok(context, add_special_tokens=False)["input_ids"]
         return ctx + tok(trained, add_special_tokens=False)["input_ids"], len(ctx)
 
@@ -91,7 +95,7 @@ def main(argv: list[str]) -> int:
     print(file=sys.stderr)
 
     perplexity = math.exp(-sum(logp[(i, None)] for i in range(len(convs))) / reply_tokens)
-    result = {"base": args.base, "adapter": args.adapter, "replies": len(convs), "reply_tokens": reply_tokens,
+    result = {"base": args.base, "adapter": args.adapter, "format": fmt, "replies": len(convs), "reply_tokens": reply_tokens,
               "perplexity": round(perplexity, 3), "attributes": {}}
     print(f"perplexity of the held-out replies under their own labels: {perplexity:.2f} ({reply_tokens} tokens)")
     print("| attribute | mean log p(y|own) - log p(y|moved) | own labels likelier |\n|---|---:|---:|")

@@ -1,11 +1,14 @@
 """Attribute schemas and profiles: defaults, merge, clamp, and the "a:1,b:2" label codec.
 
 An attribute vector is a plain `dict[str, int]`. The schema fixes the order (the order of
-the SteerLM label line) and each attribute's integer range.
+the SteerLM label line) and each attribute's integer range. An attribute may also name its
+levels in words (`levels: [hostile, cold, neutral, friendly, warm]`): the `verbal` prompt
+format writes those words in the label line instead of digits.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,10 +40,14 @@ class AttributeSpec:
     max: int
     default: int
     description: str = ""
+    levels: tuple[str, ...] = ()  # one word per value min..max, or none
 
     @property
     def range_text(self) -> str:
         return f"{self.min}..{self.max}"
+
+    def word(self, value: int) -> str:
+        return self.levels[value - self.min]
 
 
 class AttributeSchema:
@@ -111,16 +118,29 @@ class AttributeSchema:
         return max(spec.min, min(spec.max, int(value)))
 
     # -- label line codec ---------------------------------------------------------------
-    def encode(self, vector: Mapping[str, int]) -> str:
-        """`quality:4,toxicity:0,...` with every attribute, in schema order."""
+    @property
+    def has_levels(self) -> bool:
+        """Every attribute names its levels in words (what the `verbal` format needs)."""
+        return all(s.levels for s in self.specs)
+
+    def encode(self, vector: Mapping[str, int], words: bool = False) -> str:
+        """`quality:4,toxicity:0,...` with every attribute, in schema order; with `words`,
+        each value as its level's word (`humor:dry,friendliness:warm,...`)."""
         missing = [n for n in self.names if n not in vector]
         if missing:
             raise InvalidAttribute("attributes", f"label line needs every attribute; missing {', '.join(missing)}")
+        if words and not self.has_levels:
+            bare = [s.name for s in self.specs if not s.levels]
+            raise ValueError(f"schema {self.name!r} names no levels for {', '.join(bare)}; the verbal format needs `levels:` on every attribute")
+        if words:
+            return ",".join(f"{s.name}:{s.word(int(vector[s.name]))}" for s in self.specs)
         return ",".join(f"{name}:{int(vector[name])}" for name in self.names)
 
     def decode(self, text: str, field: str = "labels") -> dict[str, int]:
-        """Parse `name:value,...` (any subset, any order) back into a checked vector."""
-        return self.check_vector(parse_pairs(text, field), field)
+        """Parse `name:value,...` (any subset, any order; a value may be a level word) back
+        into a checked vector."""
+        words = {s.name: {w: s.min + i for i, w in enumerate(s.levels)} for s in self.specs}
+        return self.check_vector(parse_pairs(text, field, words), field)
 
     # -- serialising ----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -128,7 +148,8 @@ class AttributeSchema:
         return {
             "name": self.name,
             "attributes": [
-                {"name": s.name, "min": s.min, "max": s.max, "default": s.default, "description": s.description}
+                {"name": s.name, "min": s.min, "max": s.max, "default": s.default, "description": s.description,
+                 **({"levels": list(s.levels)} if s.levels else {})}
                 for s in self.specs
             ],
         }
@@ -192,8 +213,8 @@ class AttributeSchema:
                 bad(where, f"attributes[{i}] must be a mapping")
                 continue
             for key in item:
-                if key not in ("name", "min", "max", "default", "description"):
-                    bad(where + (key,), f"attributes[{i}]: unknown field {key!r}; allowed: name, min, max, default, description")
+                if key not in ATTRIBUTE_FIELDS:
+                    bad(where + (key,), f"attributes[{i}]: unknown field {key!r}; allowed: {', '.join(ATTRIBUTE_FIELDS)}")
             aname = item.get("name")
             if not isinstance(aname, str) or not aname.isidentifier():
                 bad(where + ("name",), f"attributes[{i}].name must be an identifier")
@@ -213,14 +234,37 @@ class AttributeSchema:
                 bad(where + ("min",), f"attributes.{aname}: min {nums['min']} > max {nums['max']}")
             elif not nums["min"] <= nums["default"] <= nums["max"]:
                 bad(where + ("default",), f"attributes.{aname}.default = {nums['default']} is outside {nums['min']}..{nums['max']}")
-            specs.append(AttributeSpec(aname, nums["min"], nums["max"], nums["default"], str(item.get("description", ""))))
+            else:
+                levels = _levels(item.get("levels"), aname, nums["max"] - nums["min"] + 1, lambda m: bad(where + ("levels",), m))
+                specs.append(AttributeSpec(aname, nums["min"], nums["max"], nums["default"], str(item.get("description", "")), levels))
         if problems:
             raise SourceError(problems)
         return cls(name, specs)
 
 
-def parse_pairs(text: str, field: str = "attributes") -> dict[str, int]:
-    """`"humor:4, verbosity:1"` (also `=`) -> {"humor": 4, "verbosity": 1}; names unchecked."""
+ATTRIBUTE_FIELDS = ("name", "min", "max", "default", "description", "levels")
+LEVEL_WORD = re.compile(r"[a-z][a-z-]*")
+
+
+def _levels(value: object, name: str, count: int, bad) -> tuple[str, ...]:
+    """A schema attribute's `levels:` list, checked: one distinct lowercase word per value."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(w, str) and LEVEL_WORD.fullmatch(w) for w in value):
+        bad(f"attributes.{name}.levels must be a list of lowercase words (letters and '-'), one per level")
+        return ()
+    if len(value) != count:
+        bad(f"attributes.{name}.levels has {len(value)} words; its range has {count} levels")
+        return ()
+    if len(set(value)) != len(value):
+        bad(f"attributes.{name}.levels names a word twice")
+        return ()
+    return tuple(value)
+
+
+def parse_pairs(text: str, field: str = "attributes", words: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, int]:
+    """`"humor:4, verbosity:1"` (also `=`) -> {"humor": 4, "verbosity": 1}; names unchecked.
+    With `words` (attribute -> level word -> value), a value may be its level's word."""
     out: dict[str, int] = {}
     for part in (p.strip() for p in text.split(",")):
         if not part:
@@ -230,6 +274,9 @@ def parse_pairs(text: str, field: str = "attributes") -> dict[str, int]:
         name, value = name.strip(), value.strip()
         if not name or not value:
             raise InvalidAttribute(field, f"{field}: {part!r} is not name:value")
+        if words and value in words.get(name, {}):
+            out[name] = words[name][value]
+            continue
         try:
             out[name] = int(value)
         except ValueError:

@@ -14,7 +14,7 @@ file, and `trained_with()` answers "which format and schema".
 Card (JSON, version 1):
 
     {"card_version": 1, "target": "hf" | "onnx" | "trtllm",
-     "format": "chat" | "nemo",            # the prompt format it was trained with
+     "format": "chat" | "nemo" | "verbal",            # the prompt format it was trained with
      "stop": ["<|im_end|>"],               # stop strings (backends also stop on EOS ids)
      "eos_token_ids": [2],
      "schema": {"name": "npc", "attributes": [{"name", "min", "max", "default", "description"}]},

@@ -1,7 +1,9 @@
 """SteerLM prompt formats: build prompts and training segments, parse label lines back.
 
 `nemo` is byte-for-byte NeMo SteerLM's template, so NVIDIA's released SteerLM checkpoints
-serve unchanged. `chat` puts the persona card and the label line into the system message
+serve unchanged. `verbal` is the project's own variant of it: the same template, with each
+label written as its level's word (`humor:dry,friendliness:warm,...`, from the schema's
+`levels`), so that a small model starts from what the words already mean. `chat` puts the persona card and the label line into the system message
 of the base model's own chat template (SmolLM2 and most HF chat models).
 
 Training (`steernpc train sft`) and serving use the same `segments()`, so a model is trained
@@ -15,7 +17,9 @@ from typing import Any, Mapping, Sequence
 
 from steernpc.attributes import AttributeSchema, InvalidAttribute
 
-FORMATS = ("nemo", "chat")
+FORMATS = ("nemo", "verbal", "chat")
+# Formats built on NeMo's template: label line right before each reply, stop at <extra_id_1>.
+NEMO_FORMATS = ("nemo", "verbal")
 
 NEMO_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -39,14 +43,17 @@ class Exchange:
     labels: dict[str, int] = field(default_factory=dict)
 
 
-def _label_line(schema: AttributeSchema, labels: Mapping[str, int] | str) -> str:
-    return labels if isinstance(labels, str) else schema.encode(labels)
+def _label_line(schema: AttributeSchema, labels: Mapping[str, int] | str, words: bool = False) -> str:
+    return labels if isinstance(labels, str) else schema.encode(labels, words=words)
 
 
-# -- nemo ------------------------------------------------------------------------------------
+# -- nemo and verbal -------------------------------------------------------------------------
 
-def nemo_segments(system: str, exchanges: Sequence[Exchange], schema: AttributeSchema) -> list[tuple[str, bool]]:
+def nemo_segments(
+    system: str, exchanges: Sequence[Exchange], schema: AttributeSchema, words: bool = False
+) -> list[tuple[str, bool]]:
     """(text, trains) pieces; a final exchange without reply ends at the generation point.
+    `words`: the label line in level words (the `verbal` format).
 
     Loss goes on every assistant reply and its end-of-turn marker ("\\n<extra_id_1>"),
     never on system, user or label text (NeMo's mask "User").
@@ -54,7 +61,7 @@ def nemo_segments(system: str, exchanges: Sequence[Exchange], schema: AttributeS
     out: list[tuple[str, bool]] = [(f"{NEMO_BOS}System\n{system}\n", False)]
     marker = NEMO_TURN  # a reply's end-of-turn marker is also the next turn's opener
     for ex in exchanges:
-        labels = _label_line(schema, ex.labels)
+        labels = _label_line(schema, ex.labels, words)
         out.append((f"{marker}User\n{ex.user}\n{NEMO_TURN}Assistant\n{NEMO_LABEL}{labels}\n", False))
         if ex.reply is not None:
             out.append((f"{ex.reply}\n{NEMO_TURN}", True))
@@ -113,8 +120,8 @@ def segments(
     schema: AttributeSchema,
     tokenizer: Any = None,
 ) -> list[tuple[str, bool]]:
-    if fmt == "nemo":
-        return nemo_segments(system, exchanges, schema)
+    if fmt in NEMO_FORMATS:
+        return nemo_segments(system, exchanges, schema, words=fmt == "verbal")
     if fmt == "chat":
         if tokenizer is None:
             raise ValueError("the chat format needs the model's tokenizer (its chat template)")
@@ -138,7 +145,7 @@ def build_prompt(
 
 def stop_strings(fmt: str, tokenizer: Any = None) -> list[str]:
     """Text that ends a reply. (Backends also stop on the tokenizer's EOS id.)"""
-    if fmt == "nemo":
+    if fmt in NEMO_FORMATS:
         return [NEMO_STOP]
     stops = []
     if tokenizer is not None and getattr(tokenizer, "eos_token", None):
@@ -148,7 +155,7 @@ def stop_strings(fmt: str, tokenizer: Any = None) -> list[str]:
 
 def parse_labels(fmt: str, prompt: str, schema: AttributeSchema) -> dict[str, int]:
     """The attribute vector of the last label line in `prompt`."""
-    if fmt == "nemo":
+    if fmt in NEMO_FORMATS:
         at = prompt.rfind(NEMO_LABEL)
         if at < 0:
             raise InvalidAttribute("labels", f"no {NEMO_LABEL} label line in the prompt")

@@ -2,7 +2,7 @@
 
 A served model folder may carry a `steernpc.json` written by `steernpc compile`, an
 adapter folder the training metadata written by `steernpc train sft`; both name the
-prompt format ("chat" | "nemo") the model was trained with (see steernpc.model_card).
+prompt format ("chat" | "nemo" | "verbal") the model was trained with (see steernpc.model_card).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def model_format(model: str | None, adapter: str | None = None) -> str:
     """The prompt format a model was trained with: the adapter's card, the model's card
     (an HF, ONNX or compiled folder), else `chat` (base chat models)."""
     from steernpc.model_card import read_card
+    from steernpc.prompt import FORMATS
 
     local_model = model if model and Path(model).exists() else None
     for folder in (adapter, local_model):
         fmt = read_card(folder).get("format")
-        if fmt in ("chat", "nemo"):
+        if fmt in FORMATS:
             return fmt
     return "chat"

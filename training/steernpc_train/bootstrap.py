@@ -120,7 +120,7 @@ def draw_targets(schema: AttributeSchema, k: int, rng: random.Random) -> list[di
 
 
 def unconditioned_prompt(prompt: str, fmt: str, schema: AttributeSchema, labels: dict[str, int]) -> str:
-    line = schema.encode(labels)
+    line = schema.encode(labels, words=fmt == "verbal")
     if fmt == "chat":
         return prompt.replace(f"\n{CHAT_LABEL_PREFIX}{line}", "", 1)
     at = prompt.rfind(f"{NEMO_LABEL}{line}\n")

@@ -1,4 +1,4 @@
-"""Shared-prefix examples for contrast sets (nemo format), with label-contrast segments.
+"""Shared-prefix examples for contrast sets (nemo and verbal formats), with label-contrast segments.
 
 A contrast set is several replies of one persona to one player line, each written to its
 own attribute vector. In `nemo` they share everything up to the label line (the card, the
@@ -24,7 +24,7 @@ import random
 from collections import defaultdict
 from typing import Any, Iterable
 
-from steernpc.prompt import NEMO_LABEL, Exchange, segments
+from steernpc.prompt import NEMO_FORMATS, NEMO_LABEL, Exchange, segments
 
 from steernpc_train.data import Conversation
 from steernpc_train.example import IGNORE, Example
@@ -43,7 +43,7 @@ def build_set_examples(builder: Any, convs: Iterable[Conversation], contrast: bo
     rest: list[Conversation] = []
     for conv in convs:
         single = len(conv.turns) == 1 and conv.turns[0].reply is not None
-        if builder.fmt == "nemo" and single:
+        if builder.fmt in NEMO_FORMATS and single:
             groups[(builder.system_for(conv), conv.turns[0].user)].append(conv)
         else:
             rest.append(conv)
@@ -61,7 +61,7 @@ def build_set_examples(builder: Any, convs: Iterable[Conversation], contrast: bo
         prefix_ids = None
         for i, conv in enumerate(members):
             labels = builder.labels_for(conv, 0)
-            context, reply_piece = [text for text, _ in segments("nemo", system, [Exchange(user, conv.turns[0].reply, labels)], builder.schema)]
+            context, reply_piece = [text for text, _ in segments(builder.fmt, system, [Exchange(user, conv.turns[0].reply, labels)], builder.schema)]
             cut = context.rindex(NEMO_LABEL)
             prefix_text, label_text = context[:cut], context[cut:]
             if prefix_ids is None:
@@ -73,7 +73,7 @@ def build_set_examples(builder: Any, convs: Iterable[Conversation], contrast: bo
                 attribute = names[(n_set + i) % len(names)]
                 spec = specs[attribute]
                 moved = moved_vector(labels, attribute, spec.min, spec.max, rng)
-                moved_context = segments("nemo", system, [Exchange(user, None, moved)], builder.schema)[0][0]
+                moved_context = segments(builder.fmt, system, [Exchange(user, None, moved)], builder.schema)[0][0]
                 other = tok(moved_context[moved_context.rindex(NEMO_LABEL):], add_special_tokens=False)["input_ids"]
             parts.append((own, reply, other))
         out.extend(_pack_segments(prefix_ids, parts, builder))

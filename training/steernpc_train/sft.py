@@ -45,7 +45,7 @@ from typing import Any, Iterable, Sequence
 
 from steernpc.attributes import AttributeSchema, InvalidAttribute
 from steernpc.model_card import read_train_meta, write_schema, write_train_meta
-from steernpc.prompt import FORMATS, NEMO_SYSTEM, Exchange, segments
+from steernpc.prompt import FORMATS, NEMO_FORMATS, NEMO_SYSTEM, Exchange, segments
 
 from steernpc_train.data import Conversation, DataError, ReadStats, read_conversations
 from steernpc_train.example import IGNORE, Example
@@ -129,7 +129,7 @@ class ExampleBuilder:
             raise DataError(conv.source[0], conv.source[1], f"character {conv.character!r} is not among the --personas")
         if conv.system is not None:
             return conv.system
-        return NEMO_SYSTEM if self.fmt == "nemo" else GENERIC_CARD
+        return NEMO_SYSTEM if self.fmt in NEMO_FORMATS else GENERIC_CARD
 
     def labels_for(self, conv: Conversation, index: int) -> dict[str, int]:
         labels = conv.turns[index].labels or {}
@@ -192,8 +192,8 @@ class ExampleBuilder:
                 continue
             system = self.system_for(conv)
             weight = 1.0 if conv.weight is None else float(conv.weight)
-            if self.fmt == "nemo":
-                jobs.append((system, exchanges, weight, "nemo"))
+            if self.fmt in NEMO_FORMATS:
+                jobs.append((system, exchanges, weight, self.fmt))
             else:
                 for i in range(len(exchanges)):
                     jobs.append((system, exchanges[max(0, i - self.history):i + 1], weight, "chat"))
@@ -546,7 +546,7 @@ def resolve_schema(cfg: SFTConfig) -> AttributeSchema:
         if len(names) > 1:
             raise ValueError(f"the personas use several schemas ({', '.join(sorted(names))}); pass --schema")
         return next(iter(personas.values())).schema
-    return AttributeSchema.builtin("nemo" if cfg.format == "nemo" else "npc")
+    return AttributeSchema.builtin("nemo" if cfg.format == "nemo" else "npc")  # verbal needs level words: npc has them
 
 
 class Dist:

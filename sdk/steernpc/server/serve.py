@@ -23,6 +23,7 @@ SERVICE_NAME = "steernpc.v1.NpcService"
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from steernpc.generation import BACKENDS
+    from steernpc.prompt import FORMATS
     from steernpc.runtime_defaults import repo_samples
     from steernpc.sessions import STORE_KINDS
 
@@ -31,7 +32,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--adapter", default=None, help="PEFT LoRA folder (default: the sample adapter when present; 'none' for none)")
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--backend-url", default=None, help="remote backend: base URL of an OpenAI-compatible server")
-    parser.add_argument("--format", choices=("chat", "nemo"), default=None, help="prompt format (default: from the model, else chat)")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="prompt format (default: from the model, else chat)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--host", default="127.0.0.1")
