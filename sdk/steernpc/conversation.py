@@ -47,6 +47,7 @@ def sampling_params(persona: Persona, options: Mapping[str, Any] | None = None) 
         top_p=g.top_p,
         top_k=g.top_k,
         repetition_penalty=g.repetition_penalty,
+        guidance=g.guidance,
     )
     for key, value in (options or {}).items():
         if value not in (None, 0, 0.0) and hasattr(params, key):
@@ -111,6 +112,11 @@ class Conversation:
         request = GenerationRequest(
             prompt, sampling_params(persona, options), stop_strings(self.fmt, self.backend.tokenizer), session.session_id
         )
+        if request.params.guidance != 1.0:
+            # the same conversation under the persona's own vector (profile and limits):
+            # guidance amplifies how far mood, steer and override move the reply from it
+            own = persona.resolve()
+            request.guide_prompt = build_prompt(self.fmt, system, history, text, own, persona.schema, self.backend.tokenizer)
         if request_id:
             request.request_id = request_id
         return Turn(session, text, vector, request)

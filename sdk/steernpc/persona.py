@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from steernpc.attributes import AttributeSchema, InvalidAttribute, resolve_attributes
+from steernpc.generation.base import MAX_GUIDANCE
 from steernpc.yamlsource import Located, Problem, SourceError, load_located
 
 ID_PATTERN = re.compile(r"^[a-z0-9_-]+$")
@@ -35,6 +36,7 @@ class GenerationSettings:
     top_p: float = 0.9
     top_k: int = 50
     repetition_penalty: float = 1.1
+    guidance: float = 1.0  # classifier-free guidance against the persona's own vector (1 = off)
 
     # name -> (type, check, what is allowed)
     RULES = {
@@ -43,6 +45,7 @@ class GenerationSettings:
         "top_p": (float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
         "top_k": (int, lambda v: v >= 0, "an integer >= 0 (0 = off)"),
         "repetition_penalty": (float, lambda v: 0.0 < v <= 10.0, "a number in (0, 10]"),
+        "guidance": (float, lambda v: 0.0 <= v <= MAX_GUIDANCE, f"a number 0..{MAX_GUIDANCE:g} (1 = off)"),
     }
 
 

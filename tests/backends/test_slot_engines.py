@@ -69,6 +69,19 @@ def test_batch_matches_transformers_greedy(engine, reference):
         assert result.token_ids == reference(prompt, 12)
 
 
+def test_guidance_pairs_rows_over_the_real_runner(engine, reference):
+    """A guided request at strength 0 is its guide prompt's greedy reply (the guide row reads
+    the same tokens); at strength 1 it is its own; both batched with a plain request."""
+    own, guide = "Once upon a time", "The quick brown fox"  # (the random model's replies differ)
+
+    def guided(g: float) -> GenerationRequest:
+        return GenerationRequest(own, SamplingParams(max_new_tokens=10, temperature=0.0, guidance=g), guide_prompt=guide)
+
+    results = engine.generate([guided(0.0), greedy_request("Hello", 10), guided(1.0)])
+    assert [r.token_ids for r in results] == [reference(guide, 10), reference("Hello", 10), reference(own, 10)]
+    assert reference(guide, 10) != reference(own, 10)
+
+
 def test_long_prompt_is_prefilled_in_chunks(engine, reference):
     prompt = chat("Tell me about " + ", ".join(f"the sword number {i}" for i in range(12)))  # > 3 chunks of 16
     result = engine.generate([greedy_request(prompt, 8)])[0]

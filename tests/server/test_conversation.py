@@ -166,3 +166,34 @@ def test_chat_and_server_send_the_same_prompts(backend, tiny_model_dir, monkeypa
     # the window did drop old turns, so the two sides' windowing was compared too
     assert LINES[0] not in chat[-1] and LINES[-2] in chat[-1]
     assert "verbosity:3" in chat[-1] and "verbosity:3" not in chat[0]
+
+
+def test_guidance_sends_a_guide_prompt_under_the_personas_own_vector(backend):
+    """guidance != 1 adds the guide prompt: the same conversation, the persona's own vector."""
+    from steernpc.prompt import parse_labels
+
+    guided = []
+    real_submit = backend.submit
+
+    def keep(request):
+        guided.append(request)
+        return real_submit(request)
+
+    backend.submit = keep
+    with serving(backend) as npc:
+        npc.create_session("brom", session_id="g", mood="angry")
+        done = npc.reply("g", "Can you fix my sword?", attributes={"humor": 4}, max_new_tokens=MAX_NEW_TOKENS, seed=SEED,
+                         guidance=2.5)  # fmt: skip
+        assert done.text
+        plain = npc.reply("g", "How much?", max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
+        assert plain.text
+        with pytest.raises(grpc.RpcError) as info:
+            npc.reply("g", "Well?", max_new_tokens=MAX_NEW_TOKENS, guidance=9.0)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "guidance = 9.0 is outside 0..8" in info.value.details()
+    first, second = guided[0], guided[1]
+    brom = CharacterRegistry(SAMPLE_PERSONAS).get("brom")
+    assert first.params.guidance == 2.5 and first.guided
+    assert parse_labels("chat", first.prompt, brom.schema) == dict(done.attributes)
+    assert parse_labels("chat", first.guide_prompt, brom.schema) == brom.resolve()  # no mood, no override
+    assert first.guide_prompt.split("Attributes: ")[0] == first.prompt.split("Attributes: ")[0]
+    assert not second.guided and second.guide_prompt is None  # the persona's setting: off

@@ -81,6 +81,12 @@ def test_report_numbers_come_from_generations(tiny_model_dir, world, apm_dir, on
     served = _report(tiny_model_dir, world, follow_model, apm_dir, "follow-served", backend="torch")
     assert served["attributes"]["verbosity"]["words"]["spearman"] > 0.8
     assert served["generations"] == follow["generations"]
+    # and guided against the persona's own vector in the runtime's engine (the guide rows batched)
+    guided = steerability_report(SteerConfig(model=str(follow_model), apm=str(apm_dir), personas=[str(world / "personas")],
+                                             prompts=str(world / "lines.txt"), out=str(world / "report-guided"),
+                                             max_new_tokens=24, batch_size=20, backend="torch", guidance=2.0))
+    assert guided["attributes"]["verbosity"]["words"]["spearman"] > 0.8
+    assert "guidance 2 against the persona's own vector" in (world / "report-guided" / "report.md").read_text()
     # every attribute is swept over its whole range, 4 lines each
     schema = AttributeSchema.builtin("npc")
     assert list(follow["attributes"]) == schema.names

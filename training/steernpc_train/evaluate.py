@@ -82,9 +82,10 @@ def summarize(targets: list[int], measured: list[float], levels: list[int]) -> d
     return {"spearman": 0.0 if math.isnan(rho) else round(rho, 4), "constant": math.isnan(rho), "n": len(targets), "per_target": per}
 
 
-def generate_served(cfg: SteerConfig, fmt: str, prompts: list[str]) -> list[dict]:
+def generate_served(cfg: SteerConfig, fmt: str, prompts: list[str], guides: list[str] | None = None) -> list[dict]:
     """The replies as the runtime serves them: its torch or onnx backend (one scheduler,
-    batched decode, the shared sampler), each prompt seeded by its position."""
+    batched decode, the shared sampler), each prompt seeded by its position; with
+    cfg.guidance != 1, guided against `guides` (the persona's own vector) as served."""
     from steernpc.generation import Finished, GenerationRequest, SamplingParams
     from steernpc.prompt import stop_strings
 
@@ -107,7 +108,8 @@ def generate_served(cfg: SteerConfig, fmt: str, prompts: list[str]) -> list[dict
         for b in range(0, len(prompts), cfg.batch_size * 2):  # keep the batch full, the queue short
             streams = [backend.submit(GenerationRequest(prompt, SamplingParams(
                 max_new_tokens=cfg.max_new_tokens, temperature=max(cfg.temperature, 0.0), top_p=1.0,
-                seed=cfg.seed * 1_000_003 + b + i), stop=stops)) for i, prompt in enumerate(prompts[b:b + cfg.batch_size * 2])]
+                seed=cfg.seed * 1_000_003 + b + i, guidance=cfg.guidance), stop=stops,
+                guide_prompt=guides[b + i] if guides else None)) for i, prompt in enumerate(prompts[b:b + cfg.batch_size * 2])]
             for stream in streams:
                 final = stream.result(timeout=3600)
                 assert isinstance(final, Finished)
@@ -148,8 +150,6 @@ def steerability_report(cfg: SteerConfig) -> dict:
         lines = lines[: cfg.max_prompts]
     if not lines:
         raise ValueError(f"no player lines in {cfg.prompts}")
-    if cfg.backend != "hf" and cfg.guidance != 1.0:
-        raise ValueError("--guidance needs --backend hf (the runtime's engine has no guidance yet)")
     if cfg.backend == "hf":
         model, tok = load_generator(cfg.model, cfg.adapter)
     else:
@@ -183,7 +183,7 @@ def steerability_report(cfg: SteerConfig) -> dict:
                            cfg.seed, cfg.batch_size, progress="steerability",
                            negatives=[j["negative"] for j in jobs], guidance=cfg.guidance)
     else:
-        replies = generate_served(cfg, fmt, [j["prompt"] for j in jobs])
+        replies = generate_served(cfg, fmt, [j["prompt"] for j in jobs], [j["negative"] for j in jobs])
     preds = apm.predict_exchanges([(j["system"], [Exchange(j["user"], r["text"])]) for j, r in zip(jobs, replies)])
     sentiment = sentiment_scorer()
     with open(out / "generations.jsonl", "w", encoding="utf-8") as fh:

@@ -22,6 +22,9 @@ class BackendUnavailable(RuntimeError):
     """A backend's runtime is not installed or cannot start (e.g. TensorRT-LLM on CPU)."""
 
 
+MAX_GUIDANCE = 8.0
+
+
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 96
@@ -33,6 +36,11 @@ class SamplingParams:
     # Run to max_new_tokens: neither an end-of-turn token nor a stop string ends the reply
     # (fixed-length replies for benchmarks and load tests; vLLM and TensorRT-LLM call it so too).
     ignore_eos: bool = False
+    # Classifier-free guidance over the label line: each token is drawn from
+    # log p(.|guide) + guidance * (log p(.|prompt) - log p(.|guide)), where the guide prompt
+    # is the same conversation under the persona's own vector (GenerationRequest.guide_prompt).
+    # 1 = off; 2-3 amplify how far the requested vector moves the reply.
+    guidance: float = 1.0
 
     def validate(self) -> "SamplingParams":
         if not 1 <= self.max_new_tokens <= 4096:
@@ -45,6 +53,8 @@ class SamplingParams:
             raise ValueError(f"top_k = {self.top_k} must be >= 0")
         if not 0.0 < self.repetition_penalty <= 10.0:
             raise ValueError(f"repetition_penalty = {self.repetition_penalty} must be in (0, 10]")
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance = {self.guidance} is outside 0..{MAX_GUIDANCE:g} (1 = off)")
         return self
 
 
@@ -57,6 +67,14 @@ class GenerationRequest:
     # next turn's prompt extends the previous one, so only the new tokens are computed.
     cache_key: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # With params.guidance != 1: the prompt that guidance steers away from (the same
+    # conversation under the persona's own vector). Without one, guidance is off.
+    guide_prompt: str | None = None
+
+    @property
+    def guided(self) -> bool:
+        # (a guide identical to the prompt changes nothing: no second row for it)
+        return self.guide_prompt is not None and self.params.guidance != 1.0 and self.guide_prompt != self.prompt
 
 
 @dataclass
@@ -93,6 +111,13 @@ def finished_from(job: Any, reason: str, error: str | None = None) -> Finished:
         error=error,
         token_ids=list(job.generated),
     )
+
+
+def refuse_guidance(request: GenerationRequest, backend: str) -> None:
+    """For backends whose server samples (trtllm, remote): guidance needs the logits."""
+    if request.guided:
+        raise ValueError(f"guidance = {request.params.guidance:g} needs the torch or onnx backend; "
+                         f"this server runs {backend} (send guidance 1, or leave it unset)")
 
 
 class PromptTooLong(ValueError):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull
+from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, refuse_guidance
 from steernpc.generation.detokenize import TextStops
 from steernpc.generation.stream import Stream
 
@@ -192,6 +192,7 @@ class RemoteBackend(Backend):
     # -- public API ------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Stream:
         request.params.validate()
+        refuse_guidance(request, self.name)
         stream = Stream(request.request_id)
         job = _Job(request, stream, time.perf_counter(), TextStops(request.stop))
         with self._cond:

@@ -8,6 +8,13 @@ so a decode reads one contiguous view of the pool.
 
 The model is a `ModelRunner` (runner.py): the forward passes and the K/V copies. Tokens
 come from the shared `Sampler` (sampling.py).
+
+A guided request (classifier-free guidance, SamplingParams.guidance) runs as a pair of
+rows: its own prompt and a *guide* row holding the guide prompt. Both are prefilled before
+the pair joins the batch, both decode in the same forward pass, and each token is drawn
+once from the combined log-probs and fed to both rows. The guide row streams nothing and
+leaves the batch with its request; its K/V parks under the session's guide key, so the
+next guided turn of that session also computes only its new tokens.
 """
 
 from __future__ import annotations
@@ -46,6 +53,28 @@ class Job:
     sampler: Sampler | None = None
     first_token_at: float | None = None
     hit_eos: bool = False
+    guide: "Job | None" = None  # a guided request's guide row (a Job that streams nothing)
+    last_logits: Any = None  # a guided request's prompt logits, until its guide row is prefilled
+    guides: "Job | None" = None  # on a guide row: the request it guides
+
+    @property
+    def cache_key(self) -> str | None:
+        key = self.request.cache_key
+        return None if key is None else (key + GUIDE_KEY_SUFFIX if self.guides is not None else key)
+
+
+GUIDE_KEY_SUFFIX = "\x00guide"  # a session's guide rows park under its key + this
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max()
+    return logits - (top + np.log(np.exp(logits - top).sum()))
+
+
+def guided_logits(own: np.ndarray, guide: np.ndarray, guidance: float) -> np.ndarray:
+    """log p(.|guide) + guidance * (log p(.|own) - log p(.|guide)) (float32, one position)."""
+    lg = log_softmax(guide.astype(np.float64))
+    return (lg + guidance * (log_softmax(own.astype(np.float64)) - lg)).astype(np.float32)
 
 
 class Scheduler:
@@ -88,6 +117,8 @@ class Scheduler:
     # -- public API ------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Stream:
         request.params.validate()
+        if request.guided and self.max_batch < 2:
+            raise ValueError("guidance needs a batch of at least 2 (the request and its guide row); raise max_batch")
         stream = Stream(request.request_id)
         ids = self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
         # A stop string that is one special token also stops on its id (it never shows in
@@ -107,6 +138,12 @@ class Scheduler:
             if len(ids) + 1 >= self.max_len:
                 # "holds": the prompt and at least one token of reply
                 raise PromptTooLong(len(ids), self.max_len - 2, f"prompt is {len(ids)} tokens; this backend holds at most {self.max_len - 1}")
+            if request.guided:
+                guide_ids = self.tokenizer(request.guide_prompt, add_special_tokens=False)["input_ids"]
+                if not guide_ids or len(guide_ids) + 1 >= self.max_len:
+                    raise PromptTooLong(len(guide_ids), self.max_len - 2, f"guide prompt is {len(guide_ids)} tokens; this backend holds at most {self.max_len - 1}")
+                job.guide = Job(request, Stream(request.request_id), guide_ids, job.submitted, TextAssembler(self.tokenizer, []))
+                job.guide.guides = job
             self._pending.append(job)
             self._cond.notify()
         return stream
@@ -144,7 +181,8 @@ class Scheduler:
                         break
                     drops, self._drops = self._drops, []
                 for key in drops:
-                    self.kv.forget(key, busy=self._busy_slots())
+                    for owner in (key, key + GUIDE_KEY_SUFFIX):
+                        self.kv.forget(owner, busy=self._busy_slots())
                 self._reap_cancelled()
                 self._admit()
                 if self._prefilling is not None:
@@ -164,6 +202,8 @@ class Scheduler:
         busy = set(range(len(self._running)))
         if self._prefilling is not None:
             busy.add(self._prefilling.slot)
+            if self._prefilling.guides is not None:  # the guided request waits, prefilled, for its guide
+                busy.add(self._prefilling.guides.slot)
         return busy
 
     def _reap_cancelled(self) -> None:
@@ -173,27 +213,31 @@ class Scheduler:
                 self._pending.remove(job)
         for job in waiting:
             job.stream.push(finished_from(job, "cancelled"))
-        if self._prefilling is not None and self._prefilling.stream.cancelled:
-            # Its slot keeps the prefilled part of the prompt, parked under its cache key.
-            job, self._prefilling = self._prefilling, None
-            job.stream.push(finished_from(job, "cancelled"))
-        for row in reversed(range(len(self._running))):
-            if self._running[row].stream.cancelled:
-                self._retire(row, "cancelled")
+        prefilling = self._prefilling
+        owner = prefilling.guides or prefilling if prefilling is not None else None  # a guide row's request
+        if owner is not None and owner.stream.cancelled:
+            # Its slot (and a guide row's) keeps the prefilled part, parked under its cache key.
+            self._prefilling = None
+            owner.stream.push(finished_from(owner, "cancelled"))
+        for job in [j for j in self._running if j.stream.cancelled and j.guides is None]:
+            self._retire(job, "cancelled")
 
     def _admit(self) -> None:
         if self._prefilling is not None or len(self._running) >= self.max_batch:
             return
+        room = self.max_batch - len(self._running)
         with self._cond:
             if not self._pending:
                 return
-            # A session's next turn waits while its previous turn still runs.
+            # A session's next turn waits while its previous turn still runs; a guided
+            # request waits for two free rows.
             busy = {j.request.cache_key for j in self._running if j.request.cache_key}
-            job = next((j for j in self._pending if j.request.cache_key is None or j.request.cache_key not in busy), None)
+            job = next((j for j in self._pending if (j.request.cache_key is None or j.request.cache_key not in busy)
+                        and (j.guide is None or room >= 2)), None)  # fmt: skip
             if job is None:
                 return
             self._pending.remove(job)
-        job.slot, keep = self.kv.claim(job.request.cache_key, job.prompt_ids, first=len(self._running))
+        job.slot, keep = self.kv.claim(job.cache_key, job.prompt_ids, first=len(self._running))
         job.prefilled = job.cached = keep
         job.sampler = Sampler(job.request.params, job.prompt_ids, self._rng)
         self._prefilling = job
@@ -206,30 +250,57 @@ class Scheduler:
         self.kv[job.slot].tokens = job.prompt_ids[: job.prefilled]
         if job.prefilled < len(job.prompt_ids):
             return
-        # Prompt done: move the job into the decode rows and take its first token.
         self._prefilling = None
-        row = len(self._running)
-        self.kv.move(job.slot, row)
-        job.slot = row
-        self._running.append(job)
-        self._emit(row, job.sampler.sample(logits))
+        if job.guide is not None and job.guide.slot < 0:
+            # The guided request's prompt is done; its guide row prefills next, in a slot
+            # of its own (the request keeps its slot meanwhile).
+            job.last_logits = logits
+            guide = job.guide
+            guide.slot, keep = self.kv.claim(guide.cache_key, guide.prompt_ids, first=len(self._running), exclude=job.slot)
+            guide.prefilled = guide.cached = keep
+            self._prefilling = guide
+            return
+        # Prompt done: move the job (and a guide, its guided request) into the decode rows
+        # and take its first token.
+        pair = [job.guides, job] if job.guides is not None else [job]
+        for member in pair:
+            row = len(self._running)
+            self.kv.move(member.slot, row)
+            if pair[-1] is not member and pair[-1].slot == row:  # the move displaced the guide row
+                pair[-1].slot = member.slot
+            member.slot = row
+            self._running.append(member)
+        owner = pair[0]
+        if owner.guide is not None:
+            logits = guided_logits(owner.last_logits, logits, owner.request.params.guidance)
+            owner.last_logits = None
+        self._emit(owner, owner.sampler.sample(logits))
 
     def _decode_step(self) -> None:
-        jobs = self._running
+        jobs = list(self._running)
         logits = self.runner.decode([len(self.kv[i].tokens) for i in range(len(jobs))], [j.next_token for j in jobs])
         for row, job in enumerate(jobs):
             self.kv[row].tokens.append(job.next_token)
-        tokens = [job.sampler.sample(logits[row]) for row, job in enumerate(jobs)]
-        for row in reversed(range(len(jobs))):
-            self._emit(row, tokens[row])
+        tokens = {}
+        for row, job in enumerate(jobs):
+            if job.guides is not None:
+                continue
+            own = logits[row]
+            if job.guide is not None:
+                own = guided_logits(own, logits[jobs.index(job.guide)], job.request.params.guidance)
+            tokens[id(job)] = job.sampler.sample(own)
+        for job in jobs:
+            if job.guides is None:
+                self._emit(job, tokens[id(job)])
 
-    def _emit(self, row: int, token: int) -> None:
-        job = self._running[row]
+    def _emit(self, job: Job, token: int) -> None:
+        if job.guide is not None:
+            job.guide.next_token = token  # the guide row reads the same reply
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
         if token in job.stop_ids or (token in self.eos_ids and not job.request.params.ignore_eos):
             job.hit_eos = True
-            self._retire(row, "stop")
+            self._retire(job, "stop")
             return
         job.generated.append(token)
         job.next_token = token
@@ -238,20 +309,30 @@ class Scheduler:
         if delta:
             job.stream.push(Delta(delta))
         if job.assembler.stopped:
-            self._retire(row, "stop")
+            self._retire(job, "stop")
         elif len(job.generated) >= job.request.params.max_new_tokens:
-            self._retire(row, "length")
-        elif len(self.kv[row].tokens) + 1 >= self.max_len:
-            self._retire(row, "length")
+            self._retire(job, "length")
+        elif max(len(self.kv[r].tokens) for r in self._rows(job)) + 1 >= self.max_len:
+            self._retire(job, "length")
 
-    def _retire(self, row: int, reason: str) -> None:
-        job = self._running.pop(row)
-        self.kv.release(row, job.request.cache_key)
-        last = len(self._running)  # the last running row moves into the hole
-        if row != last:
-            self.kv.move(last, row)
-            self._running.insert(row, self._running.pop())
+    def _rows(self, job: Job) -> list[int]:
+        return [self._running.index(j) for j in (job, job.guide) if j is not None]
+
+    def _retire(self, job: Job, reason: str) -> None:
+        if job.guide is not None:
+            self._leave(job.guide)
+        self._leave(job)
         tail = job.assembler.finish()
         if tail:
             job.stream.push(Delta(tail))
         job.stream.push(finished_from(job, reason))
+
+    def _leave(self, job: Job) -> None:
+        """Take `job`'s row out of the batch and park its slot; the last row fills the hole."""
+        row = self._running.index(job)
+        self._running.pop(row)
+        self.kv.release(row, job.cache_key)
+        last = len(self._running)
+        if row != last:
+            self.kv.move(last, row)
+            self._running.insert(row, self._running.pop())

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from
+from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from, refuse_guidance
 from steernpc.generation.detokenize import TextAssembler
 from steernpc.generation.kv_slots import common_prefix
 from steernpc.generation.sampling import eos_ids
@@ -323,6 +323,7 @@ class TrtllmBackend(Backend):
     # -- public API ------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> Stream:
         request.params.validate()
+        refuse_guidance(request, self.name)
         stream = Stream(request.request_id)
         ids = self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
         if not ids:

@@ -461,6 +461,8 @@ def _say_options(o: pb.GenerationOptions) -> dict:
         options["seed"] = o.seed
     if o.ignore_eos:
         options["ignore_eos"] = True
+    if o.guidance:
+        options["guidance"] = o.guidance
     return options
 
 
