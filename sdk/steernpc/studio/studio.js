@@ -28,6 +28,7 @@ const state = {
   resolved: null,
   chat: { sessionId: null, synced: null, interaction: null },
   profiles: { a: {}, b: {} },
+  edited: { a: false, b: false }, // profile A follows the sliders until it is edited by hand
   editor: { path: null, saved: "", timer: null },
 };
 
@@ -252,6 +253,7 @@ async function resolve() {
       const set = i === 0 || value !== prev || (layer.name === "steer" && spec.name in state.steer);
       return el("td", { class: `${layer.name} ${set ? "set" : "same"}`, dataset: { layer: layer.name } }, value);
     }))));
+  if (!state.edited.a) copyProfile("a");
   const clamped = Object.keys(r.clamped);
   $("resolved-labels").textContent = r.labels + (clamped.length ? `   (clamped: ${clamped.join(", ")})` : "");
 }
@@ -277,7 +279,8 @@ async function ensureChatSession() {
 
 function usageText(done, deltas, clientMs) {
   const u = done.usage || {};
-  const vector = Object.entries(done.attributes).map(([k, v]) => `${k}:${v}`).join(",");
+  const names = state.character ? state.character.schema.map((a) => a.name) : Object.keys(done.attributes); // schema order
+  const vector = names.filter((k) => k in done.attributes).map((k) => `${k}:${done.attributes[k]}`).join(",");
   return [
     el("span", { class: "applied" }, `applied ${vector}`),
     ` · ${u.completion_tokens} tokens in ${deltas} pieces · TTFT ${Math.round(u.time_to_first_token_ms)} ms · total ${Math.round(u.total_ms)} ms`
@@ -341,6 +344,7 @@ async function cancelChat() {
 function copyProfile(which) {
   const base = state.resolved ? state.resolved.layers[state.resolved.layers.length - 2].vector : {};
   state.profiles[which] = { ...base };
+  state.edited[which] = false;
   renderProfile(which);
 }
 
@@ -349,7 +353,7 @@ function renderProfile(which) {
   const box = document.querySelector(`[data-profile=${which}]`);
   box.replaceChildren(...c.schema.flatMap((spec) => {
     const input = el("input", { type: "number", min: spec.min, max: spec.max, value: state.profiles[which][spec.name], dataset: { name: spec.name } });
-    input.addEventListener("input", () => { state.profiles[which][spec.name] = Number(input.value); });
+    input.addEventListener("input", () => { state.profiles[which][spec.name] = Number(input.value); state.edited[which] = true; });
     return [el("label", { for: "" }, spec.name), input];
   }));
 }
@@ -516,7 +520,7 @@ function showTab(name) {
 
 function wire() {
   for (const button of document.querySelectorAll(".tabs button")) button.addEventListener("click", () => showTab(button.dataset.tab));
-  $("mood-select").addEventListener("change", (e) => { state.mood = e.target.value; resolve().then(() => { copyProfile("a"); }); });
+  $("mood-select").addEventListener("change", (e) => { state.mood = e.target.value; resolve(); });
   $("reset-steer").addEventListener("click", () => { state.steer = {}; resolve(); });
   $("chat-form").addEventListener("submit", sendChat);
   $("chat-cancel").addEventListener("click", cancelChat);
