@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := redis-server cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev mono-mcs mono-runtime
+APT_PACKAGES := redis-server cmake g++ pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev mono-mcs mono-runtime chromium chromium-driver
 
 .PHONY: demo test setup lock system-deps model bench clean
 
@@ -35,7 +35,7 @@ $(VENV)/.steernpc-installed: pyproject.toml $(LOCK)
 lock: $(VENV)/.steernpc-installed
 	@$(BIN)/pip install -q $(PIP_TOOLS)
 	@$(BIN)/pip-compile -q --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
-	  --extra train --extra onnx --extra dev -c constraints.txt -o $(LOCK) pyproject.toml
+	  --extra train --extra onnx --extra studio --extra dev -c constraints.txt -o $(LOCK) pyproject.toml
 	@cd requirements && ../$(BIN)/pip-compile -q --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
 	  -o test-peers.lock test-peers.in
 	@echo "==> locks written: $(LOCK) $(PEERS_LOCK)"
@@ -56,7 +56,7 @@ $(VENV)/.llama-cpp-installed: $(VENV)/.steernpc-installed $(PEERS_LOCK) | system
 	@$(BIN)/python tests/llama_cpp_check.py
 	@touch $@
 
-# Debian packages for the native bridge, the C# bridge and the Redis tests (root only).
+# Debian packages for the native bridge, the C# bridge, the Redis tests and the studio's browser tests (root only).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -43,7 +43,7 @@ class NpcServer:
     def __init__(self, model: Path, workdir: Path, *, store: str = "sqlite", store_path: Path | None = None,
                  personas: Path | None = None, metrics: bool = False, extra: list[str] | tuple[str, ...] = (),
                  tls_root: bytes | None = None, api_key: str | None = None, name: str = "server",
-                 start_timeout: float = START_TIMEOUT):  # fmt: skip
+                 start_timeout: float = START_TIMEOUT, studio: bool = False):  # fmt: skip
         self.model = Path(model)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -57,15 +57,22 @@ class NpcServer:
         self.api_key = api_key
         self.name = name
         self.start_timeout = start_timeout
+        self.studio = studio  # also serve the HTTP/SSE gateway and the studio page (--studio-port)
         self.process: ServerProcess | None = None
         self.port = 0
         self.metrics_port = 0
+        self.studio_port = 0
         self.starts = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def studio_url(self) -> str:
+        assert self.studio, "started without studio=True"
+        return f"http://127.0.0.1:{self.studio_port}"
 
     @property
     def proc(self):
@@ -85,12 +92,15 @@ class NpcServer:
             cmd += ["--metrics-port", str(self.metrics_port)]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
+        if self.studio:
+            cmd += ["--studio-port", str(self.studio_port)]
         return cmd + self.extra
 
     def spawn(self) -> "NpcServer":
         """Start the process on fresh free ports (does not wait; see start())."""
         self.port = free_port()
         self.metrics_port = free_port() if self.metrics else 0
+        self.studio_port = free_port() if self.studio else 0
         self._spawn()
         return self
 
@@ -119,10 +129,12 @@ class NpcServer:
         return self
 
     def stop(self) -> None:
-        """SIGTERM (SIGKILL if it hangs); returns once the port is closed."""
+        """SIGTERM (SIGKILL if it hangs); returns once the ports are closed."""
         if self.process is not None:
             self.process.stop()
             port_closed(self.port)
+            if self.studio:
+                port_closed(self.studio_port)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs (a crash, a power cut)."""

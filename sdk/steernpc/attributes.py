@@ -284,6 +284,9 @@ def parse_pairs(text: str, field: str = "attributes", words: Mapping[str, Mappin
     return out
 
 
+LAYERS = ("defaults", "attributes", "mood", "steer", "override", "limits")
+
+
 def resolve_attributes(
     schema: AttributeSchema,
     profile: Mapping[str, int] | None = None,
@@ -299,10 +302,28 @@ def resolve_attributes(
     layers come from players and game code, so they are validated here and raise
     InvalidAttribute naming the field and allowed range.
     """
+    return resolve_layers(schema, profile, mood, steer, override, limits)[-1][1]
+
+
+def resolve_layers(
+    schema: AttributeSchema,
+    profile: Mapping[str, int] | None = None,
+    mood: Mapping[str, int] | None = None,
+    steer: Mapping[str, int] | None = None,
+    override: Mapping[str, int] | None = None,
+    limits: Mapping[str, tuple[int, int]] | None = None,
+) -> list[tuple[str, dict[str, int]]]:
+    """resolve_attributes step by step: [(layer, the full vector after it), ...] for each
+    layer of LAYERS; the last entry ("limits") is the vector a reply is generated under.
+    (The studio shows this table, so a designer sees where each value came from and what
+    a limit clamped.)"""
     vector = schema.defaults()
+    steps = [("defaults", dict(vector))]
     for layer_name, layer in (("attributes", profile), ("mood", mood), ("steer", steer), ("override", override)):
         for name, value in (layer or {}).items():
             vector[name] = schema.check(name, value, f"{layer_name}.{name}")
+        steps.append((layer_name, dict(vector)))
     for name, (low, high) in (limits or {}).items():
         vector[name] = max(low, min(high, vector[name]))
-    return vector
+    steps.append(("limits", dict(vector)))
+    return steps

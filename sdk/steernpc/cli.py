@@ -124,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     from steernpc.server.serve import add_serve_arguments
 
     add_chat_arguments(sub.add_parser("chat", help="talk to a persona in the terminal")).set_defaults(func=cmd_chat)
-    add_serve_arguments(sub.add_parser("serve", help="serve personas over gRPC")).set_defaults(func=cmd_serve)
+    add_serve_arguments(sub.add_parser("serve", help="serve personas over gRPC (--studio-port: also the web studio)")).set_defaults(func=cmd_serve)
+    add_serve_arguments(
+        sub.add_parser("studio", help="the web studio (sliders, chat, compare, persona editor) plus gRPC, from one process",
+                       description="Serve the studio page and its HTTP/SSE API on --host:--port (127.0.0.1:8765), and "
+                       "the gRPC runtime on --grpc-host:--grpc-port, with one model and one set of sessions."),
+        studio=True,
+    ).set_defaults(func=cmd_serve)
 
     if not add_plugin_commands(sub):
         add_missing_training(sub)

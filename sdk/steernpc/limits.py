@@ -22,6 +22,9 @@ MAX_HISTORY_TURNS = 1000  # exchanges a session keeps (the oldest drop first)
 MAX_SNAPSHOT_BYTES = 1 << 20  # ImportSession data, and what a stored session may grow to
 # The server's largest incoming message: a full snapshot plus the protobuf framing.
 MAX_MESSAGE_BYTES = MAX_SNAPSHOT_BYTES + (64 << 10)
+# The HTTP gateway's largest request body: a full snapshot in base64 plus the JSON around it.
+MAX_HTTP_BODY = (MAX_SNAPSHOT_BYTES * 4) // 3 + (64 << 10)
+MAX_PERSONA_FILE = 256 << 10  # a persona YAML the studio's editor reads or saves
 
 # field -> (limit, unit), for the README table and its test.
 LIMITS: dict[str, tuple[int, str]] = {
@@ -36,6 +39,8 @@ LIMITS: dict[str, tuple[int, str]] = {
     "history (stored turns)": (MAX_HISTORY_TURNS, "exchanges"),
     "snapshot (ImportSession data, stored session)": (MAX_SNAPSHOT_BYTES, "bytes"),
     "any gRPC message": (MAX_MESSAGE_BYTES, "bytes"),
+    "any HTTP request body (the gateway)": (MAX_HTTP_BODY, "bytes"),
+    "persona file (the studio's editor)": (MAX_PERSONA_FILE, "bytes"),
 }
 
 ECHO_CHARS = 40

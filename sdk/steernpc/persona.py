@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from steernpc.attributes import AttributeSchema, InvalidAttribute, resolve_attributes
+from steernpc.attributes import AttributeSchema, InvalidAttribute, resolve_attributes, resolve_layers
 from steernpc.generation.base import MAX_GUIDANCE
 from steernpc.yamlsource import Located, Problem, SourceError, load_located
 
@@ -88,6 +88,15 @@ class Persona:
         return resolve_attributes(
             self.schema, self.attributes, self.mood(mood), steer, override, self.limits
         )
+
+    def resolve_layers(
+        self,
+        mood: str | None = None,
+        steer: Mapping[str, int] | None = None,
+        override: Mapping[str, int] | None = None,
+    ) -> list[tuple[str, dict[str, int]]]:
+        """resolve() step by step (attributes.resolve_layers); the last vector is resolve()'s."""
+        return resolve_layers(self.schema, self.attributes, self.mood(mood), steer, override, self.limits)
 
     def mood(self, name: str | None) -> dict[str, int]:
         if not name:

@@ -21,13 +21,20 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if not self._keys or method.startswith(OPEN_SERVICES):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        header = metadata.get("authorization", "")
-        token = header[7:].strip().encode() if header.lower().startswith("bearer ") else b""
-        if token and any(hmac.compare_digest(token, key) for key in self._keys):
+        reason = refusal(metadata.get("authorization", ""), self._keys)
+        if reason is None:
             return await continuation(handler_call_details)
-        reason = "missing `authorization: Bearer KEY` metadata" if not header else "API key is not valid"
         handler = await continuation(handler_call_details)
         return _deny(handler, reason)
+
+
+def refusal(header: str, keys: list[bytes], where: str = "metadata") -> str | None:
+    """None when an `authorization` value carries one of `keys` (`Bearer KEY`), else why
+    not. The gRPC interceptor and the HTTP gateway (`where="header"`) answer with it."""
+    token = header[7:].strip().encode() if header.lower().startswith("bearer ") else b""
+    if token and any(hmac.compare_digest(token, key) for key in keys):
+        return None
+    return f"missing `authorization: Bearer KEY` {where}" if not header else "API key is not valid"
 
 
 def _deny(handler, reason: str):

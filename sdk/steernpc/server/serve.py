@@ -1,6 +1,8 @@
-"""`steernpc serve`: load personas and a model, then serve steernpc.v1 over gRPC.
+"""`steernpc serve`: load personas and a model, then serve steernpc.v1 over gRPC, and with
+`--studio-port` (or as `steernpc studio`) the HTTP/SSE gateway and the studio page from the
+same process, model and sessions (server/gateway.py).
 
-The port opens at once with health NOT_SERVING; it turns SERVING when the model has
+The ports open at once with health NOT_SERVING; it turns SERVING when the model has
 loaded (dialogue calls made before that get UNAVAILABLE with a clear message).
 """
 
@@ -21,7 +23,12 @@ log = logging.getLogger("steernpc.server")
 SERVICE_NAME = "steernpc.v1.NpcService"
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+STUDIO_PORT = 8765
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser, studio: bool = False) -> argparse.ArgumentParser:
+    """`steernpc serve`'s options; `studio=True` gives `steernpc studio`'s, where --host and
+    --port are the web page's and --grpc-host / --grpc-port the gRPC server's."""
     from steernpc.generation import BACKENDS
     from steernpc.prompt import FORMATS
     from steernpc.runtime_defaults import repo_samples
@@ -35,8 +42,21 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--format", choices=FORMATS, default=None, help="prompt format (default: from the model, else chat)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051)
+    if studio:
+        parser.add_argument("--host", dest="studio_host", default="127.0.0.1", help="the studio's address (default: localhost only)")
+        parser.add_argument("--port", dest="studio_port", type=int, default=STUDIO_PORT, help="the studio's port")
+        parser.add_argument("--grpc-host", dest="host", default="127.0.0.1")
+        parser.add_argument("--grpc-port", dest="port", type=int, default=50051)
+    else:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=50051)
+        parser.add_argument("--studio-port", type=int, default=None,
+                            help="also serve the HTTP/SSE gateway and the studio page on this port")
+        parser.add_argument("--studio-host", default="127.0.0.1", help="the studio's address (default: localhost only, whatever --host is)")
+    parser.add_argument("--allow-edit", action="store_true",
+                        help="let the studio save persona files when it is not bound to localhost (on localhost it always may)")
+    parser.add_argument("--steerability", default=None, metavar="DIR",
+                        help="a `steernpc eval steerability --out` folder for the studio (default: steerability/ in the adapter or model folder)")
     parser.add_argument("--store", choices=STORE_KINDS, default="sqlite", help="where sessions live (default: sqlite under STEERNPC_HOME)")
     parser.add_argument("--store-path", default=None, help="sqlite file (default: STEERNPC_HOME/sessions.sqlite3)")
     parser.add_argument("--redis-url", default=None, help="redis://host:port/db for --store redis")
@@ -86,6 +106,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.host)
     servicer = NpcServicer(characters, store, None, history_tokens=args.history_tokens, metrics=metrics)
+    studio = _open_studio(args, servicer, characters)  # (gateway, socket, load state) or None
 
     # Auth first (a caller without a key learns nothing else), then the guard that answers
     # bytes which are not protobuf with INVALID_ARGUMENT.
@@ -115,10 +136,28 @@ async def serve(args: argparse.Namespace) -> None:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     log.info("listening on %s (%s); loading the model ...", address, "TLS" if args.tls_cert else "plaintext")
+    gateway_task = None
+    if studio is not None:
+        from steernpc.server.gateway import start_gateway
 
-    backend, adapter = await asyncio.to_thread(build_backend, args)
+        gateway, sock, state, phases = studio
+        gateway_task = await start_gateway(gateway, sock)
+        print(f"steernpc studio on http://{_url_host(args.studio_host)}:{sock.getsockname()[1]}/", flush=True)
+
+    try:
+        backend, adapter = await asyncio.to_thread(build_backend, args)
+    except BaseException as exc:
+        if studio is not None:
+            studio[2].error = f"{type(exc).__name__}: {exc}"
+        raise
     servicer.fmt = args.format or model_format(args.model, adapter)
     servicer.backend = backend
+    if studio is not None:
+        from steernpc.server.gateway import find_steerability
+
+        gateway.options.steerability = find_steerability(args.steerability, args.model, adapter)
+        state.ready()
+        logging.getLogger("steernpc").removeHandler(phases)
     characters.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -132,10 +171,39 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    if gateway_task is not None:
+        from steernpc.server.gateway import stop_gateway
+
+        await stop_gateway(studio[0], gateway_task)
     await server.stop(grace=2)
     characters.stop()
     backend.close()
     store.close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _open_studio(args: argparse.Namespace, servicer, characters):
+    """The gateway, its bound socket, the load state and its log handler, when asked for;
+    refuses a non-loopback address without API keys."""
+    if getattr(args, "studio_port", None) is None:
+        return None
+    try:
+        from steernpc.server.gateway import Gateway, GatewayOptions, LoadState, PhaseLog, bind, is_loopback
+        from steernpc.server.persona_files import PersonaFolder
+    except ImportError as exc:
+        raise SystemExit(f"the studio needs its extra: pip install 'steernpc[studio]' ({exc})") from None
+    if not is_loopback(args.studio_host) and not args.api_key:
+        raise SystemExit(f"the studio on {args.studio_host} would be open to the network: give --api-key KEY "
+                         "(the same keys as gRPC), or leave --studio-host at 127.0.0.1")  # fmt: skip
+    state = LoadState(model=args.model or "smollm2", backend=args.backend, phase="loading the model")
+    options = GatewayOptions(host=args.studio_host, port=args.studio_port, api_keys=list(args.api_key), allow_edit=args.allow_edit)
+    gateway = Gateway(servicer, state, options, PersonaFolder(args.personas))
+    phases = PhaseLog(state)
+    logging.getLogger("steernpc").addHandler(phases)
+    return gateway, bind(args.studio_host, args.studio_port), state, phases
 
 
 def run_serve(args: argparse.Namespace) -> int:

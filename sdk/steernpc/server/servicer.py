@@ -5,6 +5,12 @@ and per frame in `Converse`); handlers then check against the character and answ
 status that says what to fix, echoing client values cut short (limits.echo). Nothing a
 client sends can crash the server or touch another session. Generation runs on the
 backend's engine thread; handlers only await its Stream.
+
+Each RPC's body is a transport-neutral method (`create_session(request)`, `say_events(request)`
+...) that takes the protobuf request and returns the protobuf answer or raises RequestError
+(a gRPC status code and its message). The gRPC methods wrap them; the HTTP/SSE gateway
+(server/gateway.py) calls the same methods on the same servicer, so both front ends share
+sessions, locks, running interactions and every message.
 """
 
 from __future__ import annotations
@@ -167,57 +173,63 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             limits={name: f"{low}..{high}" for name, (low, high) in persona.limits.items()},
         )
 
-    async def ListCharacters(self, request, context):
+    async def list_characters(self, request: pb.ListCharactersRequest) -> pb.ListCharactersResponse:
         return pb.ListCharactersResponse(characters=[self._character_message(p) for p in self.characters.all()])
 
+    async def get_character(self, request: pb.GetCharacterRequest) -> pb.Character:
+        return self._character_message(self._persona(request.character_id))
+
+    async def ListCharacters(self, request, context):
+        return await _unary(context, request, lambda: self.list_characters(request))
+
     async def GetCharacter(self, request, context):
-        return await _unary(context, request, lambda: self._character_message(self._persona(request.character_id)))
+        return await _unary(context, request, lambda: self.get_character(request))
 
     # -- sessions -----------------------------------------------------------------------------------
-    async def CreateSession(self, request, context):
-        async def run():
-            persona = self._persona(request.character_id)
-            steer = self._check_attributes(persona, request.attributes)
-            self._check_steering(persona, request.mood, steer)
-            session_id = request.session_id or uuid.uuid4().hex
-            if await asyncio.to_thread(self.store.get, session_id) is not None:
-                raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"session {echo(session_id)} already exists")
-            session = Session.new(
-                persona.id, session_id, mood=request.mood, steer=steer,
-                player_name=request.player_name, context=dict(request.context),
-            )  # fmt: skip
-            self._check_fits(persona, session)
-            await asyncio.to_thread(self.store.put, session)
-            return self._session_message(session, persona)
+    async def create_session(self, request: pb.CreateSessionRequest) -> pb.Session:
+        persona = self._persona(request.character_id)
+        steer = self._check_attributes(persona, request.attributes)
+        self._check_steering(persona, request.mood, steer)
+        session_id = request.session_id or uuid.uuid4().hex
+        if await asyncio.to_thread(self.store.get, session_id) is not None:
+            raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"session {echo(session_id)} already exists")
+        session = Session.new(
+            persona.id, session_id, mood=request.mood, steer=steer,
+            player_name=request.player_name, context=dict(request.context),
+        )  # fmt: skip
+        self._check_fits(persona, session)
+        await asyncio.to_thread(self.store.put, session)
+        return self._session_message(session, persona)
 
-        return await _unary(context, request, run)
+    async def get_session(self, request: pb.GetSessionRequest) -> pb.Session:
+        return self._session_message(await self._session(request.session_id))
+
+    async def delete_session(self, request: pb.DeleteSessionRequest) -> pb.DeleteSessionResponse:
+        if not request.session_id:
+            raise _invalid("session_id is empty")
+        # A running reply would store the session again when it ends: stop it, and
+        # delete once it has (under the session lock).
+        running = self._replying.get(request.session_id)
+        if running is not None:
+            running.cancel()
+        async with self._lock(request.session_id):
+            if not await asyncio.to_thread(self.store.delete, request.session_id):
+                raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {echo(request.session_id)} not found")
+        self._locks.pop(request.session_id, None)
+        if self.backend is not None:
+            self.backend.drop_cache(request.session_id)
+        return pb.DeleteSessionResponse()
+
+    async def CreateSession(self, request, context):
+        return await _unary(context, request, lambda: self.create_session(request))
 
     async def GetSession(self, request, context):
-        async def run():
-            return self._session_message(await self._session(request.session_id))
-
-        return await _unary(context, request, run)
+        return await _unary(context, request, lambda: self.get_session(request))
 
     async def DeleteSession(self, request, context):
-        async def run():
-            if not request.session_id:
-                raise _invalid("session_id is empty")
-            # A running reply would store the session again when it ends: stop it, and
-            # delete once it has (under the session lock).
-            running = self._replying.get(request.session_id)
-            if running is not None:
-                running.cancel()
-            async with self._lock(request.session_id):
-                if not await asyncio.to_thread(self.store.delete, request.session_id):
-                    raise RequestError(grpc.StatusCode.NOT_FOUND, f"session {echo(request.session_id)} not found")
-            self._locks.pop(request.session_id, None)
-            if self.backend is not None:
-                self.backend.drop_cache(request.session_id)
-            return pb.DeleteSessionResponse()
+        return await _unary(context, request, lambda: self.delete_session(request))
 
-        return await _unary(context, request, run)
-
-    async def _steer(self, request) -> pb.Session:
+    async def steer(self, request: pb.SteerRequest) -> pb.Session:
         async with self._lock(request.session_id):
             session = await self._session(request.session_id)
             persona = self._persona(session.character_id)
@@ -231,38 +243,40 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             return self._session_message(session, persona)
 
     async def Steer(self, request, context):
-        return await _unary(context, request, lambda: self._steer(request))
+        return await _unary(context, request, lambda: self.steer(request))
+
+    async def export_session(self, request: pb.ExportSessionRequest) -> pb.SessionSnapshot:
+        return pb.SessionSnapshot(data=export_snapshot(await self._session(request.session_id)))
+
+    async def import_session(self, request: pb.ImportSessionRequest) -> pb.Session:
+        try:
+            session = import_snapshot(request.data)
+        except SnapshotError as exc:
+            raise _invalid(f"snapshot: {exc}") from None
+        # A save file is untrusted: it must be within the limits and a session its
+        # character can continue.
+        try:
+            check_session_sizes(session)
+            persona = self._persona(session.character_id)
+            check_session(session, persona)
+        except (LimitError, InvalidAttribute) as exc:
+            raise _invalid(f"snapshot: {exc}") from None
+        self._check_fits(persona, session)
+        async with self._lock(session.session_id):
+            await asyncio.to_thread(self.store.put, session)
+        return self._session_message(session, persona)
 
     async def ExportSession(self, request, context):
-        async def run():
-            return pb.SessionSnapshot(data=export_snapshot(await self._session(request.session_id)))
-
-        return await _unary(context, request, run)
+        return await _unary(context, request, lambda: self.export_session(request))
 
     async def ImportSession(self, request, context):
-        async def run():
-            try:
-                session = import_snapshot(request.data)
-            except SnapshotError as exc:
-                raise _invalid(f"snapshot: {exc}") from None
-            # A save file is untrusted: it must be within the limits and a session its
-            # character can continue.
-            try:
-                check_session_sizes(session)
-                persona = self._persona(session.character_id)
-                check_session(session, persona)
-            except (LimitError, InvalidAttribute) as exc:
-                raise _invalid(f"snapshot: {exc}") from None
-            self._check_fits(persona, session)
-            async with self._lock(session.session_id):
-                await asyncio.to_thread(self.store.put, session)
-            return self._session_message(session, persona)
-
-        return await _unary(context, request, run)
+        return await _unary(context, request, lambda: self.import_session(request))
 
     # -- dialogue -----------------------------------------------------------------------------------
-    async def _say_events(self, request) -> AsyncIterator[pb.SayEvent]:
-        """Deltas then one done for a SayRequest; raises RequestError before the first event."""
+    async def say_events(self, request: pb.SayRequest) -> AsyncIterator[pb.SayEvent]:
+        """Deltas then one done for a SayRequest; raises RequestError before the first event.
+        Closing the iterator early (a cancel, a client gone) stops the reply and keeps the
+        text streamed so far in the session."""
         backend = self._ready_backend()
         interaction_id = request.interaction_id or uuid.uuid4().hex
         if interaction_id in self._interactions:
@@ -347,23 +361,23 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
 
     async def Say(self, request, context):
         try:
-            _checked(request)
-            async for event in self._say_events(request):
+            checked(request)
+            async for event in self.say_events(request):
                 yield event
         except RequestError as exc:
             await context.abort(exc.code, exc.message)
         except StoreError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"session store unavailable: {exc}")
 
-    async def Cancel(self, request, context):
-        async def run():
-            stream = self._interactions.get(request.interaction_id)
-            if stream is None:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"interaction {echo(request.interaction_id)} is not running")
-            stream.cancel()
-            return pb.CancelResponse(cancelled=True)
+    async def cancel(self, request: pb.CancelRequest) -> pb.CancelResponse:
+        stream = self._interactions.get(request.interaction_id)
+        if stream is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"interaction {echo(request.interaction_id)} is not running")
+        stream.cancel()
+        return pb.CancelResponse(cancelled=True)
 
-        return await _unary(context, request, run)
+    async def Cancel(self, request, context):
+        return await _unary(context, request, lambda: self.cancel(request))
 
     async def Converse(self, request_iterator, context):
         """say / steer / cancel on one stream; each say runs as its own task so a cancel
@@ -380,7 +394,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         async def run_say(say):
             iid = say.interaction_id
             try:
-                async for event in self._say_events(say):
+                async for event in self.say_events(say):
                     await out.put(event)
             except RequestError as exc:
                 await out.put(error_event(iid, exc.code, exc.message))
@@ -389,7 +403,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
 
         async def run_steer(steer):
             try:
-                await out.put(pb.SayEvent(session=await self._steer(steer)))
+                await out.put(pb.SayEvent(session=await self.steer(steer)))
             except RequestError as exc:
                 await out.put(error_event("", exc.code, exc.message))
             except StoreError as exc:
@@ -411,7 +425,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             # each task asks for it in its first step, so they apply in the order sent.
             async for message in request_iterator:
                 try:
-                    _checked(message)
+                    checked(message)
                 except RequestError as exc:
                     await out.put(error_event(frame_id(message), exc.code, exc.message))
                     continue
@@ -466,8 +480,8 @@ def _say_options(o: pb.GenerationOptions) -> dict:
     return options
 
 
-def _checked(request) -> None:
-    """The request's sizes (steernpc.validation), as INVALID_ARGUMENT."""
+def checked(request) -> None:
+    """The request's sizes (steernpc.validation), as INVALID_ARGUMENT (RequestError)."""
     try:
         check_request(request)
     except LimitError as exc:
@@ -477,7 +491,7 @@ def _checked(request) -> None:
 async def _unary(context, request, fn):
     """Check the request, run a handler body; turn RequestError into the matching status."""
     try:
-        _checked(request)
+        checked(request)
         result = fn()
         if asyncio.iscoroutine(result):
             result = await result
