@@ -11,7 +11,8 @@ prompt is built from its own persona card and its own attribute vector only
 Who speaks (deterministic; the same scene state always picks the same member):
 
     player line  1. the members addressed by id, in the order given;
-                 2. else the members the line names, in the order named;
+                 2. else the first member the line names ("Brom, ask Marta ..." -> Brom;
+                    Marta may answer in the banter that follows);
                  3. else the last member who spoke (the player is talking with them);
                  4. else the seeded tie-break among all members.
     banter line  (Continue; never the member who spoke last)
@@ -43,16 +44,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from steernpc.limits import MAX_HISTORY_TURNS, echo
+from steernpc.limits import MAX_CONTINUE_TURNS, MAX_MEMBERS, MAX_SCENE_LINES, echo  # noqa: F401 (the scene limits, re-exported)
 from steernpc.prompt import Exchange
 
 PLAYER_ID = "player"  # the speaker id of the player's lines (no member may take it)
 PLAYER_NAME = "Player"  # the player's name in transcripts when the scene has none
 SCENE_OPENING = "(The scene begins.)"  # a member's first turn when nobody has spoken to it yet
 GO_ON = "(The others wait for you to go on.)"  # when nothing new was said since its last line
-MAX_MEMBERS = 8
-MAX_SCENE_LINES = 2 * MAX_HISTORY_TURNS  # lines a scene keeps (the oldest drop first)
-MAX_CONTINUE_TURNS = 32  # lines one Continue may ask for
 
 
 class SceneError(ValueError):
@@ -69,6 +67,10 @@ class EmptyScene(SceneError):
 
 class MemberExists(SceneError):
     """A member with this id is already in the scene (ALREADY_EXISTS)."""
+
+
+class SceneFull(SceneError):
+    """The scene has MAX_MEMBERS members (FAILED_PRECONDITION)."""
 
 
 @dataclass
@@ -144,7 +146,7 @@ class Scene:
         if self.has(member_id):
             raise MemberExists(f"member {echo(member_id)} is already in scene {echo(self.scene_id)}")
         if len(self.members) >= MAX_MEMBERS:
-            raise SceneError(f"scene {echo(self.scene_id)} is full: {len(self.members)} members (at most {MAX_MEMBERS})")
+            raise SceneFull(f"scene {echo(self.scene_id)} is full: {len(self.members)} members (at most {MAX_MEMBERS})")
         member = Member(member_id, character_id, name, mood, dict(steer or {}), joined_at=self.lines)
         self.members.append(member)
         self.touch()
@@ -272,7 +274,7 @@ def responders(scene: Scene, text: str, member_ids: Sequence[str] = ()) -> list[
         return out
     named = named_members(scene, text)
     if named:
-        return named
+        return named[:1]
     for line in reversed(scene.transcript):
         if line.speaker_id != PLAYER_ID and scene.has(line.speaker_id):
             return [line.speaker_id]
