@@ -1,9 +1,10 @@
 """The continuous-batching scheduler that the torch and onnx backends share: admission,
 the batch, cancel.
 
-One engine thread runs one loop for every request. Each iteration prefills at most one
-chunk of a waiting prompt (batch 1), then decodes one token for every running request in
-one batched forward pass. Running requests always occupy KV slots 0..B-1 (see kv_slots),
+One engine thread runs one loop for every request. Each iteration prefills one chunk of
+each prompt being prefilled (up to `prefill_batch` prompts, in one batched forward pass
+where the runner has `prefill_many`: several sessions' or scene members' new lines at
+once), then decodes one token for every running request in one batched forward pass. Running requests always occupy KV slots 0..B-1 (see kv_slots),
 so a decode reads one contiguous view of the pool.
 
 The model is a `ModelRunner` (runner.py): the forward passes and the K/V copies. Tokens
@@ -64,6 +65,7 @@ class Scheduler:
         max_queue: int,
         prefill_chunk: int,
         thread_name: str = "steernpc-engine",
+        prefill_batch: int = 4,
     ):
         self.runner = runner
         self.tokenizer = tokenizer
@@ -72,11 +74,12 @@ class Scheduler:
         self.max_batch = max(1, min(max_batch, slots - 1))  # one slot stays free for the prefill
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        self.prefill_batch = max(1, prefill_batch)
         self.kv = KvSlots(slots, runner)
         self._special_ids = dict(getattr(tokenizer, "get_added_vocab", dict)() or {})
         self._rng = np.random.default_rng()  # unseeded requests share it
         self._pending: collections.deque[Job] = collections.deque()
-        self._prefilling: Job | None = None
+        self._prefilling: list[Job] = []  # each in its own slot >= len(self._running)
         self._running: list[Job] = []  # row i lives in slot i
         self._drops: list[str] = []
         self._cond = threading.Condition()
@@ -119,7 +122,7 @@ class Scheduler:
     def stats(self) -> dict[str, float]:
         with self._cond:
             return {
-                "queue_depth": len(self._pending) + (1 if self._prefilling else 0),
+                "queue_depth": len(self._pending) + len(self._prefilling),
                 "running": len(self._running),
                 "parked_sessions": self.kv.parked(),
             }
@@ -132,7 +135,7 @@ class Scheduler:
 
     # -- the loop --------------------------------------------------------------------------
     def _jobs(self) -> list[Job]:
-        return [*self._running, *([self._prefilling] if self._prefilling else []), *self._pending]
+        return [*self._running, *self._prefilling, *self._pending]
 
     def _loop(self) -> None:
         try:
@@ -147,8 +150,8 @@ class Scheduler:
                     self.kv.forget(key, busy=self._busy_slots())
                 self._reap_cancelled()
                 self._admit()
-                if self._prefilling is not None:
-                    self._prefill_step(self._prefilling)
+                if self._prefilling:
+                    self._prefill_step()
                 if self._running:
                     self._decode_step()
         except BaseException as exc:  # a bug or OOM: fail every waiter instead of hanging them
@@ -161,10 +164,7 @@ class Scheduler:
                 job.stream.push(Finished(job.assembler.text, "cancelled"))
 
     def _busy_slots(self) -> set[int]:
-        busy = set(range(len(self._running)))
-        if self._prefilling is not None:
-            busy.add(self._prefilling.slot)
-        return busy
+        return set(range(len(self._running))) | {job.slot for job in self._prefilling}
 
     def _reap_cancelled(self) -> None:
         with self._cond:
@@ -173,46 +173,56 @@ class Scheduler:
                 self._pending.remove(job)
         for job in waiting:
             job.stream.push(finished_from(job, "cancelled"))
-        if self._prefilling is not None and self._prefilling.stream.cancelled:
+        for job in [j for j in self._prefilling if j.stream.cancelled]:
             # Its slot keeps the prefilled part of the prompt, parked under its cache key.
-            job, self._prefilling = self._prefilling, None
+            self._prefilling.remove(job)
             job.stream.push(finished_from(job, "cancelled"))
         for row in reversed(range(len(self._running))):
             if self._running[row].stream.cancelled:
                 self._retire(row, "cancelled")
 
     def _admit(self) -> None:
-        if self._prefilling is not None or len(self._running) >= self.max_batch:
-            return
-        with self._cond:
-            if not self._pending:
-                return
-            # A session's next turn waits while its previous turn still runs.
-            busy = {j.request.cache_key for j in self._running if j.request.cache_key}
-            job = next((j for j in self._pending if j.request.cache_key is None or j.request.cache_key not in busy), None)
-            if job is None:
-                return
-            self._pending.remove(job)
-        job.slot, keep = self.kv.claim(job.request.cache_key, job.prompt_ids, first=len(self._running))
-        job.prefilled = job.cached = keep
-        job.sampler = Sampler(job.request.params, job.prompt_ids, self._rng)
-        self._prefilling = job
+        # Running and prefilling requests together stay within max_batch (so a prefill
+        # that ends always finds a decode row).
+        while len(self._prefilling) < self.prefill_batch and len(self._running) + len(self._prefilling) < self.max_batch:
+            with self._cond:
+                if not self._pending:
+                    return
+                # A session's next turn waits while its previous turn still runs.
+                busy = {j.request.cache_key for j in (*self._running, *self._prefilling) if j.request.cache_key}
+                job = next((j for j in self._pending if j.request.cache_key is None or j.request.cache_key not in busy), None)
+                if job is None:
+                    return
+                self._pending.remove(job)
+            taken = {j.slot for j in self._prefilling}
+            job.slot, keep = self.kv.claim(job.request.cache_key, job.prompt_ids, first=len(self._running), exclude=taken)
+            job.prefilled = job.cached = keep
+            job.sampler = Sampler(job.request.params, job.prompt_ids, self._rng)
+            self._prefilling.append(job)
 
-    def _prefill_step(self, job: Job) -> None:
-        start = job.prefilled
-        chunk = job.prompt_ids[start : start + self.prefill_chunk]
-        logits = self.runner.prefill(job.slot, start, chunk)
-        job.prefilled += len(chunk)
-        self.kv[job.slot].tokens = job.prompt_ids[: job.prefilled]
-        if job.prefilled < len(job.prompt_ids):
-            return
-        # Prompt done: move the job into the decode rows and take its first token.
-        self._prefilling = None
-        row = len(self._running)
-        self.kv.move(job.slot, row)
-        job.slot = row
-        self._running.append(job)
-        self._emit(row, job.sampler.sample(logits))
+    def _prefill_step(self) -> None:
+        jobs = list(self._prefilling)
+        parts = [(job.slot, job.prefilled, job.prompt_ids[job.prefilled : job.prefilled + self.prefill_chunk]) for job in jobs]
+        many = getattr(self.runner, "prefill_many", None)
+        if many is not None and len(parts) > 1:
+            logits = many(parts)
+        else:
+            logits = [self.runner.prefill(*part) for part in parts]
+        for job, (_, _, chunk), row_logits in zip(jobs, parts, logits):
+            job.prefilled += len(chunk)
+            self.kv[job.slot].tokens = job.prompt_ids[: job.prefilled]
+            if job.prefilled < len(job.prompt_ids):
+                continue
+            # Prompt done: move the job into the decode rows and take its first token.
+            self._prefilling.remove(job)
+            row = len(self._running)
+            for other in self._prefilling:  # a prefill that sat in that row swaps places with it
+                if other.slot == row:
+                    other.slot = job.slot
+            self.kv.move(job.slot, row)
+            job.slot = row
+            self._running.append(job)
+            self._emit(row, job.sampler.sample(row_logits))
 
     def _decode_step(self) -> None:
         jobs = self._running
