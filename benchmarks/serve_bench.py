@@ -131,7 +131,8 @@ async def scene_play(client, index: int, args, record: dict) -> None:
                 if event.HasField("delta") and first is None:
                     first = time.perf_counter()
                 elif event.HasField("done"):
-                    record["ttft"].append((first - started) * 1000 if first else float("nan"))
+                    if first is not None:  # (a line that ends at once has no first token to time)
+                        record["ttft"].append((first - started) * 1000)
                     record["tokens"] += event.done.usage.completion_tokens
                     record["cached"] += event.done.usage.cached_tokens
                     record["prompt"] += event.done.usage.prompt_tokens
