@@ -8,7 +8,14 @@ Baseline, in the same run: the very same prompts (replayed from the server's ses
 served one at a time with plain `model.generate` (no batching, no KV reuse: each turn
 re-reads the whole history), generating the same number of tokens per reply.
 
-    python benchmarks/serve_bench.py [--model smollm2] [--sessions 1 4 16] [--turns 10]
+Scenes row: --scenes concurrent scenes of --scene-members NPCs (brom, marta, lysander, ...)
+play --scene-exchanges player lines each, every line addressed by name to the next member
+in turn (SceneSay), each answer followed by one banter line (SceneContinue 1). Reported:
+aggregate completion tokens/s over all scenes, TTFT per NPC line p50/p99, prompt tokens
+from the members' caches.
+
+    python benchmarks/serve_bench.py [--model smollm2] [--sessions 1 4 16] [--turns 10] [--scenes 4]
+    python benchmarks/serve_bench.py --sessions --scenes 4 --out benchmarks/results/serve_scenes_cpu.md   # scenes only
 
 Writes benchmarks/results/serve_cpu.md (or --out).
 """
@@ -58,7 +65,7 @@ def start_server(args, port: int, home: str) -> ServerProcess:
     """`steernpc serve` on `port`, SERVING when this returns; its output goes to home/server.log."""
     env = dict(os.environ, STEERNPC_HOME=home, STEERNPC_ADAPTER=args.adapter or "none")
     cmd = [sys.executable, "-m", "steernpc.cli", "serve", "--port", str(port), "--store", "memory",
-           "--max-batch", str(max(args.sessions)), "--max-queue", "256", "--log-level", "WARNING"]  # fmt: skip
+           "--max-batch", str(max([*args.sessions, args.scenes, 1])), "--max-queue", "256", "--log-level", "WARNING"]  # fmt: skip
     if args.model:
         cmd += ["--model", args.model]
     if args.dtype:
@@ -98,6 +105,49 @@ async def run_level(target: str, n: int, args) -> dict:
         await asyncio.gather(*(conversation(client, args.character, args.turns, args.max_tokens, i, record) for i in range(n)))
         record["wall"] = time.perf_counter() - started
         record["snapshots"] = [await client.export_session(s) for s in record["sessions"][:1]]
+    return record
+
+
+SCENE_CAST = ["brom", "marta", "lysander", "pip", "hilde", "tobias", "garrick", "nettle"]
+
+
+async def scene_play(client, index: int, args, record: dict) -> None:
+    from steernpc.client import member_spec, scene_continue_request, scene_say_request
+    from steernpc.persona import load_persona
+    from steernpc.wire import pb
+
+    cast = SCENE_CAST[: args.scene_members]
+    names = [load_persona(REPO / "samples" / "personas" / f"{c}.yaml").name.split()[0] for c in cast]
+    scene_id = f"bench-scene-{index}-{time.time_ns()}"
+    request = pb.CreateSceneRequest(scene_id=scene_id, player_name="Ayla", seed=index + 1, members=[member_spec(c) for c in cast])
+    await client.stub.CreateScene(request, timeout=600)
+    for turn in range(args.scene_exchanges):
+        line = f"{names[turn % len(names)]}, {LINES[(turn + index) % len(LINES)].lower()}"
+        options = {"max_new_tokens": args.max_tokens, "seed": 1000 * index + turn + 1}
+        for call in (client.stub.SceneSay(scene_say_request(scene_id, line, **options), timeout=600),
+                     client.stub.SceneContinue(scene_continue_request(scene_id, 1, **options), timeout=600)):  # fmt: skip
+            started, first = time.perf_counter(), None
+            async for event in call:
+                if event.HasField("delta") and first is None:
+                    first = time.perf_counter()
+                elif event.HasField("done"):
+                    if first is not None:  # (a line that ends at once has no first token to time)
+                        record["ttft"].append((first - started) * 1000)
+                    record["tokens"] += event.done.usage.completion_tokens
+                    record["cached"] += event.done.usage.cached_tokens
+                    record["prompt"] += event.done.usage.prompt_tokens
+                    record["lines"] += 1
+                    started, first = time.perf_counter(), None
+
+
+async def run_scenes(target: str, args) -> dict:
+    from steernpc.client import AsyncNpcClient
+
+    record = {"ttft": [], "tokens": 0, "cached": 0, "prompt": 0, "lines": 0}
+    async with AsyncNpcClient(target, timeout=600) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(scene_play(client, i, args, record) for i in range(args.scenes)))
+        record["wall"] = time.perf_counter() - started
     return record
 
 
@@ -143,7 +193,10 @@ def main() -> int:
     parser.add_argument("--adapter", default="none")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--character", default="brom")
-    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--sessions", type=int, nargs="*", default=[1, 4, 16], help="session levels (none: scenes only)")
+    parser.add_argument("--scenes", type=int, default=4, help="concurrent scenes for the scenes row (0: none)")
+    parser.add_argument("--scene-members", type=int, default=3)
+    parser.add_argument("--scene-exchanges", type=int, default=10)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serve_cpu.md"))
@@ -161,11 +214,39 @@ def main() -> int:
         try:
             asyncio.run(run_level(target, 1, argparse.Namespace(**{**vars(args), "turns": 2})))  # warm-up
             results = {n: asyncio.run(run_level(target, n, args)) for n in args.sessions}
+            scenes = asyncio.run(run_scenes(target, args)) if args.scenes else None
         finally:
             server.stop(timeout=30)
-    base = baseline(args, results[min(args.sessions)]["snapshots"][0])
 
     import torch
+
+    scene_lines = []
+    if scenes is not None:
+        scene_lines = [
+            "",
+            f"**Scenes**: {args.scenes} concurrent scenes of {args.scene_members} NPCs, {args.scene_exchanges} exchanges each "
+            f"(a player line addressed by name, its answer, one banter line), up to {args.max_tokens} tokens per line.",
+            "",
+            "| scenes | NPC lines | tokens | aggregate tok/s | TTFT per line p50 ms | TTFT per line p99 ms | prompt tokens from cache |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {args.scenes} x {args.scene_members} NPCs | {scenes['lines']} | {scenes['tokens']} | {scenes['tokens'] / scenes['wall']:.1f} | "
+            f"{percentile(scenes['ttft'], .5):.0f} | {percentile(scenes['ttft'], .99):.0f} | "
+            f"{100 * scenes['cached'] / max(1, scenes['prompt']):.0f}% |",
+        ]
+    header = [
+        "# Serving benchmark (CPU)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
+        f"Model: {args.model or 'SmolLM2-135M-Instruct'} ({args.dtype or 'float32'}), character `{args.character}`, "
+        f"{args.turns} turns per session, up to {args.max_tokens} tokens per reply, sampling T=0.7 top-p 0.9.",
+    ]
+    if not args.sessions:
+        text = "\n".join([*header, *scene_lines, ""])
+        print(text)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        return 0
+    base = baseline(args, results[min(args.sessions)]["snapshots"][0])
 
     rows = []
     for n, r in results.items():
@@ -181,11 +262,7 @@ def main() -> int:
     top = results[max(args.sessions)]
     agg_ratio = (top["tokens"] / top["wall"]) / base["tokens_per_s"]
     text = "\n".join([
-        "# Serving benchmark (CPU)",
-        "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
-        f"Model: {args.model or 'SmolLM2-135M-Instruct'} ({args.dtype or 'float32'}), character `{args.character}`, "
-        f"{args.turns} turns per session, up to {args.max_tokens} tokens per reply, sampling T=0.7 top-p 0.9.",
+        *header,
         "",
         "| sessions | tokens | aggregate tok/s | vs baseline | TTFT p50 ms | TTFT p99 ms | inter-token p50 ms | inter-token p99 ms | TTFT last turn ms | prompt tokens from cache |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -197,6 +274,7 @@ def main() -> int:
         "",
         f"- Aggregate tokens/s at {max(args.sessions)} sessions vs baseline: **{agg_ratio:.2f}x** (target >= 5x).",
         f"- TTFT at turn {args.turns}, re-reading the history vs SteerNPC's session cache: **{ttft_ratio:.2f}x lower** (target >= 3x).",
+        *scene_lines,
         "",
         "Medians and percentiles over every reply of the run; the machine is shared and noisy, so compare ratios.",
         "",

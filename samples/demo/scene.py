@@ -5,7 +5,9 @@ is present), then, with streamed output:
   1. Marta the innkeeper answers one player line under contrasting attribute profiles,
      side by side (humor 0 vs 4, then verbosity 0 vs 4);
   2. Brom the blacksmith changes mood mid-conversation (friendly -> angry);
-  3. the conversation is saved (ExportSession), deleted, loaded (ImportSession) and goes on.
+  3. the conversation is saved (ExportSession), deleted, loaded (ImportSession) and goes on;
+  4. a tavern scene: the player addresses Brom at Marta's table, Brom and Marta banter for
+     3 lines (SceneContinue), and the player cuts into the next round of banter.
 Then it prints how to continue, stops the server and exits 0.
 
     python samples/demo/scene.py [--port 50151] [--model smollm2] [--keep-server]
@@ -112,6 +114,50 @@ def play(target: str) -> None:
         restored = npc.import_session(snapshot)
         print(f"  ImportSession: session back with {restored.turns} turns, mood {restored.mood}")
         stream_reply(npc, sid, names["brom"], "Alright, I'm back. Is the sword ready?", seed=5, label=" (after load)")
+
+        play_tavern(npc)
+
+
+def print_scene_events(events, interrupt_after: int | None = None, interrupt=None) -> None:
+    """Print a scene stream line by line (`speaker: text`); with `interrupt_after`, call
+    `interrupt()` once that many deltas of the stream have arrived."""
+    speaking, deltas = None, 0
+    for event in events:
+        if event.HasField("delta"):
+            if event.speaker_id != speaking:
+                speaking = event.speaker_id
+                print(f"  {event.speaker}: ", end="", flush=True)
+            print(event.delta.text, end="", flush=True)
+            deltas += 1
+            if interrupt is not None and deltas == interrupt_after:
+                interrupt()
+        elif event.HasField("done"):
+            if speaking != event.speaker_id:
+                print(f"  {event.speaker}: ", end="")
+            cut = " [cut off]" if event.done.finish_reason == 3 else ""
+            print(f"{cut}\n      [{event.done.usage.completion_tokens} tokens, first token {event.done.usage.time_to_first_token_ms:.0f} ms]")
+            speaking = None
+
+
+def play_tavern(npc) -> None:
+    banner("4. A tavern scene: Brom and Marta at one table")
+    scene = npc.create_scene(members=["brom", "marta"], player_name="Traveller", context={"place": "the common room of Marta's inn"}, seed=4)
+    sid = scene.scene_id
+    print(f"  CreateScene: {', '.join(m.name for m in scene.members)} (each with its own persona card and attributes)")
+    line = "Brom, what do you make of this blade I found on the road?"
+    print(f"  you: {line}")
+    print_scene_events(npc.scene_say(sid, line, seed=11, max_new_tokens=60))
+    print("  [SceneContinue: 3 lines of banter]")
+    print_scene_events(npc.scene_continue(sid, 3, seed=12, max_new_tokens=60))
+    print("  [SceneContinue: more banter ... the player cuts in]")
+    cut_in = "Marta, sorry to interrupt: is there a room for tonight?"
+    said = []
+    print_scene_events(npc.scene_continue(sid, 4, seed=13, max_new_tokens=60), interrupt_after=6,
+                       interrupt=lambda: said.append(npc.scene_say(sid, cut_in, seed=14, max_new_tokens=60)))  # fmt: skip
+    print(f"  you: {cut_in}")
+    print_scene_events(said[0])
+    scene = npc.get_scene(sid)
+    print(f"  GetScene: {scene.lines} lines in the shared transcript; ExportScene: {len(npc.export_scene(sid))} bytes")
 
 
 def main() -> int:

@@ -37,6 +37,26 @@ def say_request(session_id: str, text: str, attributes=None, interaction_id: str
     )
 
 
+def member_spec(member) -> pb.MemberSpec:
+    """A MemberSpec from a character id, a dict of MemberSpec fields, or a MemberSpec."""
+    if isinstance(member, pb.MemberSpec):
+        return member
+    if isinstance(member, str):
+        return pb.MemberSpec(character_id=member)
+    return pb.MemberSpec(**{k: (dict(v) if k == "attributes" else v) for k, v in member.items()})
+
+
+def scene_say_request(scene_id: str, text: str, member_ids=(), attributes=None, interaction_id: str = "", **options) -> pb.SceneSayRequest:
+    return pb.SceneSayRequest(scene_id=scene_id, text=text, member_ids=list(member_ids), attributes=dict(attributes or {}),
+                              interaction_id=interaction_id,
+                              options=pb.GenerationOptions(**{k: v for k, v in options.items() if v is not None}))  # fmt: skip
+
+
+def scene_continue_request(scene_id: str, turns: int, interaction_id: str = "", **options) -> pb.SceneContinueRequest:
+    return pb.SceneContinueRequest(scene_id=scene_id, turns=turns, interaction_id=interaction_id,
+                                   options=pb.GenerationOptions(**{k: v for k, v in options.items() if v is not None}))  # fmt: skip
+
+
 class NpcClient:
     def __init__(self, target: str = "127.0.0.1:50051", api_key: str | None = None, tls_root: bytes | None = None, timeout: float | None = 30.0):
         self.channel = _channel_args(target, tls_root, is_async=False)
@@ -112,6 +132,49 @@ class NpcClient:
 
     def converse(self, requests: Iterator[pb.ConverseRequest]) -> Iterator[pb.SayEvent]:
         return self.stub.Converse(requests, metadata=self.metadata)
+
+    # -- scenes ----------------------------------------------------------------------------------
+    def create_scene(self, scene_id: str = "", members=(), player_name: str = "", context: Mapping[str, str] | None = None,
+                     seed: int = 0) -> pb.Scene:  # fmt: skip
+        """A scene; `members` are character ids, dicts of MemberSpec fields or MemberSpecs."""
+        request = pb.CreateSceneRequest(scene_id=scene_id, player_name=player_name, context=dict(context or {}), seed=seed,
+                                        members=[member_spec(m) for m in members])  # fmt: skip
+        return self._call(self.stub.CreateScene, request)
+
+    def get_scene(self, scene_id: str, include_transcript: bool = False) -> pb.Scene:
+        return self._call(self.stub.GetScene, pb.GetSceneRequest(scene_id=scene_id, include_transcript=include_transcript))
+
+    def delete_scene(self, scene_id: str) -> None:
+        self._call(self.stub.DeleteScene, pb.DeleteSceneRequest(scene_id=scene_id))
+
+    def join_scene(self, scene_id: str, member) -> pb.Scene:
+        return self._call(self.stub.JoinScene, pb.JoinSceneRequest(scene_id=scene_id, member=member_spec(member)))
+
+    def leave_scene(self, scene_id: str, member_id: str) -> pb.Scene:
+        return self._call(self.stub.LeaveScene, pb.LeaveSceneRequest(scene_id=scene_id, member_id=member_id))
+
+    def steer_member(self, scene_id: str, member_id: str, mood: str = "", attributes: Mapping[str, int] | None = None,
+                     clear: bool = False) -> pb.Session:  # fmt: skip
+        request = pb.SteerRequest(scene_id=scene_id, member_id=member_id, mood=mood, attributes=dict(attributes or {}), clear=clear)
+        return self._call(self.stub.Steer, request)
+
+    def scene_say(self, scene_id: str, text: str, member_ids=(), attributes=None, interaction_id: str = "",
+                  timeout: float | None = None, **options) -> Iterator[pb.SceneEvent]:  # fmt: skip
+        """Every SceneEvent of the player's line: each responder's deltas, then its done."""
+        request = scene_say_request(scene_id, text, member_ids, attributes, interaction_id, **options)
+        return self.stub.SceneSay(request, metadata=self.metadata, timeout=timeout)
+
+    def scene_continue(self, scene_id: str, turns: int, interaction_id: str = "", timeout: float | None = None,
+                       **options) -> Iterator[pb.SceneEvent]:  # fmt: skip
+        """Every SceneEvent of up to `turns` banter lines."""
+        request = scene_continue_request(scene_id, turns, interaction_id, **options)
+        return self.stub.SceneContinue(request, metadata=self.metadata, timeout=timeout)
+
+    def export_scene(self, scene_id: str) -> bytes:
+        return self._call(self.stub.ExportScene, pb.ExportSceneRequest(scene_id=scene_id)).data
+
+    def import_scene(self, data: bytes) -> pb.Scene:
+        return self._call(self.stub.ImportScene, pb.ImportSceneRequest(data=data))
 
 
 class AsyncNpcClient:

@@ -83,15 +83,18 @@ class Conversation:
         override: Mapping[str, int] | None = None,
         options: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        system: str | None = None,
     ) -> Turn:
         """Resolve, window and build the prompt (raises InvalidAttribute on bad steering,
         ValueError on an empty line, PromptTooLong when even without history the prompt is
-        longer than the model holds)."""
+        longer than the model holds). `system` replaces the session's system text (a scene
+        member's card with the scene's line, steernpc.scene_turns)."""
         if not text or not text.strip():
             raise ValueError("text is empty: say something to the character")
         vector = persona.resolve(mood=session.mood or None, steer=session.steer, override=override)
         history = session.window(self.backend.count_tokens, self.history_tokens, step=HISTORY_STEP)
-        system = system_text(persona, session.player_name, session.context)
+        if system is None:
+            system = system_text(persona, session.player_name, session.context)
 
         def build(history) -> str:
             return build_prompt(self.fmt, system, history, text, vector, persona.schema, self.backend.tokenizer)

@@ -19,7 +19,10 @@ MAX_CONTEXT_VALUE = 256
 MAX_TEXT = 2000  # the player's line (SayRequest.text); also each stored player line
 MAX_REPLY = 65536  # each stored reply (4096 tokens at most, 16 characters per token)
 MAX_HISTORY_TURNS = 1000  # exchanges a session keeps (the oldest drop first)
-MAX_SNAPSHOT_BYTES = 1 << 20  # ImportSession data, and what a stored session may grow to
+MAX_SNAPSHOT_BYTES = 1 << 20  # ImportSession / ImportScene data, and what a stored session or scene may grow to
+MAX_MEMBERS = 8  # members of one scene (CreateScene members, JoinScene, SceneSay member_ids)
+MAX_SCENE_LINES = 2 * MAX_HISTORY_TURNS  # lines a scene keeps (the oldest drop first)
+MAX_CONTINUE_TURNS = 32  # lines one SceneContinue may ask for
 # The server's largest incoming message: a full snapshot plus the protobuf framing.
 MAX_MESSAGE_BYTES = MAX_SNAPSHOT_BYTES + (64 << 10)
 # The HTTP gateway's largest request body: a full snapshot in base64 plus the JSON around it.
@@ -38,6 +41,9 @@ LIMITS: dict[str, tuple[int, str]] = {
     "reply (stored)": (MAX_REPLY, "characters"),
     "history (stored turns)": (MAX_HISTORY_TURNS, "exchanges"),
     "snapshot (ImportSession data, stored session)": (MAX_SNAPSHOT_BYTES, "bytes"),
+    "scene members": (MAX_MEMBERS, "members"),
+    "scene transcript (stored lines)": (MAX_SCENE_LINES, "lines"),
+    "SceneContinue turns": (MAX_CONTINUE_TURNS, "lines"),
     "any gRPC message": (MAX_MESSAGE_BYTES, "bytes"),
     "any HTTP request body (the gateway)": (MAX_HTTP_BODY, "bytes"),
     "persona file (the studio's editor)": (MAX_PERSONA_FILE, "bytes"),

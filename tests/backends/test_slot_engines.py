@@ -195,3 +195,25 @@ def test_smollm2_batched_greedy_matches_transformers(kind, smollm2_dir, tmp_path
             assert result.token_ids == expected
     finally:
         backend.close()
+
+
+def test_several_prompts_prefill_in_one_batched_pass(build, reference):
+    """Prompts of different lengths and cache states (a session's next turn beside new
+    ones, chunked beside short) prefill together in torch's prefill_many and still give
+    exactly transformers' greedy tokens."""
+    backend = build("torch", slots=8, max_batch=6, max_len=512, prefill_chunk=16)
+    backend.eos_ids = set()
+    calls = []
+    real = backend.prefill_many
+    backend.prefill_many = lambda parts: calls.append(len(parts)) or real(parts)
+    try:
+        backend.generate([greedy_request(chat("Good evening"), 3, key="m-a")])
+        prompts = {"m-a": chat("Good evening", "Evening.", "A table for three?"), "m-b": chat("Is the stew hot?"),
+                   "m-c": chat("Tell me of " + ", ".join(f"the road number {i}" for i in range(8))), None: "Once upon a time"}  # fmt: skip
+        results = backend.generate([greedy_request(p, 6, key=k) for k, p in prompts.items()])
+        assert calls and max(calls) >= 3, calls
+        for (key, prompt), result in zip(prompts.items(), results):
+            assert result.token_ids == reference(prompt, 6), key
+        assert results[0].cached_tokens > 0
+    finally:
+        backend.close()

@@ -40,10 +40,10 @@ class KvSlots:
         """Slots that hold a session."""
         return sum(1 for s in self.slots if s.owner is not None)
 
-    def claim(self, key: str | None, ids: list[int], first: int, exclude: int = -1) -> tuple[int, int]:
+    def claim(self, key: str | None, ids: list[int], first: int, exclude: Container[int] = ()) -> tuple[int, int]:
         """A slot for a request with cache key `key` and prompt `ids`, among slots
-        first.. (those below are running) other than `exclude`; returns (slot, prompt
-        tokens already in it)."""
+        first.. (those below are running) other than `exclude` (being prefilled); returns
+        (slot, prompt tokens already in it)."""
         index = self.choose(key, first, exclude)
         slot = self.slots[index]
         slot.owner, slot.last_used = key, time.monotonic()
@@ -56,8 +56,8 @@ class KvSlots:
         slot.tokens = ids[:keep]
         return index, keep
 
-    def choose(self, key: str | None, first: int, exclude: int = -1) -> int:
-        candidates = [i for i in range(first, len(self.slots)) if i != exclude]
+    def choose(self, key: str | None, first: int, exclude: Container[int] = ()) -> int:
+        candidates = [i for i in range(first, len(self.slots)) if i not in exclude]
         if key is not None:
             for i in candidates:
                 if self.slots[i].owner == key:

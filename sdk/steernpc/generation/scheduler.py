@@ -1,20 +1,21 @@
 """The continuous-batching scheduler that the torch and onnx backends share: admission,
 the batch, cancel.
 
-One engine thread runs one loop for every request. Each iteration prefills at most one
-chunk of a waiting prompt (batch 1), then decodes one token for every running request in
-one batched forward pass. Running requests always occupy KV slots 0..B-1 (see kv_slots),
+One engine thread runs one loop for every request. Each iteration prefills one chunk of
+each prompt being prefilled (up to `prefill_batch` prompts, in one batched forward pass
+where the runner has `prefill_many`: several sessions' or scene members' new lines at
+once), then decodes one token for every running request in one batched forward pass. Running requests always occupy KV slots 0..B-1 (see kv_slots),
 so a decode reads one contiguous view of the pool.
 
 The model is a `ModelRunner` (runner.py): the forward passes and the K/V copies. Tokens
 come from the shared `Sampler` (sampling.py).
 
 A guided request (classifier-free guidance, SamplingParams.guidance) runs as a pair of
-rows: its own prompt and a *guide* row holding the guide prompt. Both are prefilled before
-the pair joins the batch, both decode in the same forward pass, and each token is drawn
-once from the combined log-probs and fed to both rows. The guide row streams nothing and
-leaves the batch with its request; its K/V parks under the session's guide key, so the
-next guided turn of that session also computes only its new tokens.
+rows: its own prompt and a *guide* row holding the guide prompt. Both prefill side by
+side and join the batch together, both decode in the same forward pass, and each token is
+drawn once from the combined log-probs and fed to both rows. The guide row streams
+nothing and leaves the batch with its request; its K/V parks under the session's guide
+key, so the next guided turn of that session also computes only its new tokens.
 """
 
 from __future__ import annotations
@@ -54,13 +55,19 @@ class Job:
     first_token_at: float | None = None
     hit_eos: bool = False
     guide: "Job | None" = None  # a guided request's guide row (a Job that streams nothing)
-    last_logits: Any = None  # a guided request's prompt logits, until its guide row is prefilled
     guides: "Job | None" = None  # on a guide row: the request it guides
+    last_logits: Any = None  # a pair member's prompt logits, until its partner is prefilled too
 
     @property
     def cache_key(self) -> str | None:
         key = self.request.cache_key
         return None if key is None else (key + GUIDE_KEY_SUFFIX if self.guides is not None else key)
+
+    @property
+    def pair(self) -> "list[Job]":
+        """The rows that join and leave the batch together: the request, then its guide row."""
+        owner = self.guides or self
+        return [owner] if owner.guide is None else [owner, owner.guide]
 
 
 GUIDE_KEY_SUFFIX = "\x00guide"  # a session's guide rows park under its key + this
@@ -93,6 +100,7 @@ class Scheduler:
         max_queue: int,
         prefill_chunk: int,
         thread_name: str = "steernpc-engine",
+        prefill_batch: int = 4,
     ):
         self.runner = runner
         self.tokenizer = tokenizer
@@ -101,11 +109,12 @@ class Scheduler:
         self.max_batch = max(1, min(max_batch, slots - 1))  # one slot stays free for the prefill
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        self.prefill_batch = max(1, prefill_batch)
         self.kv = KvSlots(slots, runner)
         self._special_ids = dict(getattr(tokenizer, "get_added_vocab", dict)() or {})
         self._rng = np.random.default_rng()  # unseeded requests share it
         self._pending: collections.deque[Job] = collections.deque()
-        self._prefilling: Job | None = None
+        self._prefilling: list[Job] = []  # each in its own slot >= len(self._running)
         self._running: list[Job] = []  # row i lives in slot i
         self._drops: list[str] = []
         self._cond = threading.Condition()
@@ -156,7 +165,7 @@ class Scheduler:
     def stats(self) -> dict[str, float]:
         with self._cond:
             return {
-                "queue_depth": len(self._pending) + (1 if self._prefilling else 0),
+                "queue_depth": len(self._pending) + len(self._prefilling),
                 "running": len(self._running),
                 "parked_sessions": self.kv.parked(),
             }
@@ -169,7 +178,7 @@ class Scheduler:
 
     # -- the loop --------------------------------------------------------------------------
     def _jobs(self) -> list[Job]:
-        return [*self._running, *([self._prefilling] if self._prefilling else []), *self._pending]
+        return [*self._running, *self._prefilling, *self._pending]
 
     def _loop(self) -> None:
         try:
@@ -185,8 +194,8 @@ class Scheduler:
                         self.kv.forget(owner, busy=self._busy_slots())
                 self._reap_cancelled()
                 self._admit()
-                if self._prefilling is not None:
-                    self._prefill_step(self._prefilling)
+                if self._prefilling:
+                    self._prefill_step()
                 if self._running:
                     self._decode_step()
         except BaseException as exc:  # a bug or OOM: fail every waiter instead of hanging them
@@ -199,12 +208,7 @@ class Scheduler:
                 job.stream.push(Finished(job.assembler.text, "cancelled"))
 
     def _busy_slots(self) -> set[int]:
-        busy = set(range(len(self._running)))
-        if self._prefilling is not None:
-            busy.add(self._prefilling.slot)
-            if self._prefilling.guides is not None:  # the guided request waits, prefilled, for its guide
-                busy.add(self._prefilling.guides.slot)
-        return busy
+        return set(range(len(self._running))) | {job.slot for job in self._prefilling}
 
     def _reap_cancelled(self) -> None:
         with self._cond:
@@ -213,68 +217,73 @@ class Scheduler:
                 self._pending.remove(job)
         for job in waiting:
             job.stream.push(finished_from(job, "cancelled"))
-        prefilling = self._prefilling
-        owner = prefilling.guides or prefilling if prefilling is not None else None  # a guide row's request
-        if owner is not None and owner.stream.cancelled:
-            # Its slot (and a guide row's) keeps the prefilled part, parked under its cache key.
-            self._prefilling = None
-            owner.stream.push(finished_from(owner, "cancelled"))
+        for job in [j for j in self._prefilling if j.pair[0].stream.cancelled]:
+            # Its slot keeps the prefilled part of the prompt, parked under its cache key.
+            self._prefilling.remove(job)
+            if job.guides is None:
+                job.stream.push(finished_from(job, "cancelled"))
         for job in [j for j in self._running if j.stream.cancelled and j.guides is None]:
             self._retire(job, "cancelled")
 
     def _admit(self) -> None:
-        if self._prefilling is not None or len(self._running) >= self.max_batch:
-            return
-        room = self.max_batch - len(self._running)
-        with self._cond:
-            if not self._pending:
-                return
-            # A session's next turn waits while its previous turn still runs; a guided
-            # request waits for two free rows.
-            busy = {j.request.cache_key for j in self._running if j.request.cache_key}
-            job = next((j for j in self._pending if (j.request.cache_key is None or j.request.cache_key not in busy)
-                        and (j.guide is None or room >= 2)), None)  # fmt: skip
-            if job is None:
-                return
-            self._pending.remove(job)
-        job.slot, keep = self.kv.claim(job.cache_key, job.prompt_ids, first=len(self._running))
-        job.prefilled = job.cached = keep
-        job.sampler = Sampler(job.request.params, job.prompt_ids, self._rng)
-        self._prefilling = job
+        # Running and prefilling requests together stay within max_batch (so a prefill
+        # that ends always finds a decode row).
+        # A guided request brings its guide row: it needs two free rows.
+        while len(self._prefilling) < self.prefill_batch and len(self._running) + len(self._prefilling) < self.max_batch:
+            room = self.max_batch - len(self._running) - len(self._prefilling)
+            with self._cond:
+                if not self._pending:
+                    return
+                # A session's next turn waits while its previous turn still runs.
+                busy = {j.request.cache_key for j in (*self._running, *self._prefilling) if j.request.cache_key}
+                job = next((j for j in self._pending if (j.request.cache_key is None or j.request.cache_key not in busy)
+                            and len(j.pair) <= room), None)  # fmt: skip
+                if job is None:
+                    return
+                self._pending.remove(job)
+            for member in job.pair:
+                taken = {j.slot for j in self._prefilling}
+                member.slot, keep = self.kv.claim(member.cache_key, member.prompt_ids, first=len(self._running), exclude=taken)
+                member.prefilled = member.cached = keep
+                self._prefilling.append(member)
+            job.sampler = Sampler(job.request.params, job.prompt_ids, self._rng)
 
-    def _prefill_step(self, job: Job) -> None:
-        start = job.prefilled
-        chunk = job.prompt_ids[start : start + self.prefill_chunk]
-        logits = self.runner.prefill(job.slot, start, chunk)
-        job.prefilled += len(chunk)
-        self.kv[job.slot].tokens = job.prompt_ids[: job.prefilled]
-        if job.prefilled < len(job.prompt_ids):
-            return
-        self._prefilling = None
-        if job.guide is not None and job.guide.slot < 0:
-            # The guided request's prompt is done; its guide row prefills next, in a slot
-            # of its own (the request keeps its slot meanwhile).
-            job.last_logits = logits
-            guide = job.guide
-            guide.slot, keep = self.kv.claim(guide.cache_key, guide.prompt_ids, first=len(self._running), exclude=job.slot)
-            guide.prefilled = guide.cached = keep
-            self._prefilling = guide
-            return
-        # Prompt done: move the job (and a guide, its guided request) into the decode rows
-        # and take its first token.
-        pair = [job.guides, job] if job.guides is not None else [job]
-        for member in pair:
-            row = len(self._running)
-            self.kv.move(member.slot, row)
-            if pair[-1] is not member and pair[-1].slot == row:  # the move displaced the guide row
-                pair[-1].slot = member.slot
-            member.slot = row
-            self._running.append(member)
-        owner = pair[0]
-        if owner.guide is not None:
-            logits = guided_logits(owner.last_logits, logits, owner.request.params.guidance)
-            owner.last_logits = None
-        self._emit(owner, owner.sampler.sample(logits))
+    def _prefill_step(self) -> None:
+        jobs = [j for j in self._prefilling if j.prefilled < len(j.prompt_ids)]  # (a pair member may wait for its partner)
+        parts = [(job.slot, job.prefilled, job.prompt_ids[job.prefilled : job.prefilled + self.prefill_chunk]) for job in jobs]
+        many = getattr(self.runner, "prefill_many", None)
+        if many is not None and len(parts) > 1:
+            logits = many(parts)
+        else:
+            logits = [self.runner.prefill(*part) for part in parts]
+        for job, (_, _, chunk), row_logits in zip(jobs, parts, logits):
+            job.prefilled += len(chunk)
+            self.kv[job.slot].tokens = job.prompt_ids[: job.prefilled]
+            if job.prefilled < len(job.prompt_ids):
+                continue
+            job.last_logits = row_logits
+            pair = job.pair
+            if any(m.prefilled < len(m.prompt_ids) for m in pair):
+                continue  # the guide row or its request is still prefilling
+            # Prompt done: move the job (a pair: the request, then its guide row) into the
+            # decode rows and take its first token.
+            for member in pair:
+                self._prefilling.remove(member)
+            for member in pair:
+                row = len(self._running)
+                for other in [*self._prefilling, *pair]:  # a prefill that sat in that row swaps places with it
+                    if other is not member and other.slot == row:
+                        other.slot = member.slot
+                self.kv.move(member.slot, row)
+                member.slot = row
+                self._running.append(member)
+            owner = pair[0]
+            logits = owner.last_logits
+            if owner.guide is not None:
+                logits = guided_logits(logits, owner.guide.last_logits, owner.request.params.guidance)
+            for member in pair:
+                member.last_logits = None
+            self._emit(owner, owner.sampler.sample(logits))
 
     def _decode_step(self) -> None:
         jobs = list(self._running)
@@ -312,16 +321,12 @@ class Scheduler:
             self._retire(job, "stop")
         elif len(job.generated) >= job.request.params.max_new_tokens:
             self._retire(job, "length")
-        elif max(len(self.kv[r].tokens) for r in self._rows(job)) + 1 >= self.max_len:
+        elif max(len(self.kv[self._running.index(m)].tokens) for m in job.pair) + 1 >= self.max_len:
             self._retire(job, "length")
 
-    def _rows(self, job: Job) -> list[int]:
-        return [self._running.index(j) for j in (job, job.guide) if j is not None]
-
     def _retire(self, job: Job, reason: str) -> None:
-        if job.guide is not None:
-            self._leave(job.guide)
-        self._leave(job)
+        for member in reversed(job.pair):
+            self._leave(member)
         tail = job.assembler.finish()
         if tail:
             job.stream.push(Delta(tail))

@@ -57,6 +57,9 @@ class SlotCache:
     def set_prefill(self, slot: int, start: int, count: int) -> None:
         self._mode, self._slot, self._start, self._kv_len = "prefill", slot, start, start + count
 
+    def set_prefill_many(self, slots: list[int], starts: list[int], counts: list[int]) -> None:
+        self._mode, self._rows, self._kv_len = "prefill_many", list(zip(slots, starts, counts)), max(a + n for a, n in zip(starts, counts))
+
     def set_decode(self, positions: torch.Tensor, kv_len: int) -> None:
         self._mode, self._positions, self._kv_len = "decode", positions, kv_len
 
@@ -67,6 +70,12 @@ class SlotCache:
             k[s, :, a:b] = key[0]
             v[s, :, a:b] = value[0]
             return k[s : s + 1, :, :b], v[s : s + 1, :, :b]
+        if self._mode == "prefill_many":  # row r: its chunk's first n positions go to its slot
+            for r, (s, a, n) in enumerate(self._rows):
+                k[s, :, a : a + n] = key[r, :, :n]
+                v[s, :, a : a + n] = value[r, :, :n]
+            index = torch.tensor([s for s, _, _ in self._rows], device=key.device)
+            return k[index, :, : self._kv_len], v[index, :, : self._kv_len]
         rows = torch.arange(key.shape[0], device=key.device)
         k[rows, :, self._positions] = key[:, :, 0]
         v[rows, :, self._positions] = value[:, :, 0]
@@ -155,6 +164,25 @@ class TorchBackend(RunnerBackend):
         mask = (keys.unsqueeze(0) <= positions[0].unsqueeze(1)).view(1, 1, n, start + n)
         self.cache.set_prefill(slot, start, n)
         return self._forward(ids, positions, mask)[0].cpu().numpy()
+
+    @torch.inference_mode()
+    def prefill_many(self, parts: list[tuple[int, int, list[int]]]) -> list[np.ndarray]:
+        """Several prefills (slot, start, chunk) in one forward pass, chunks padded to the
+        longest; the last real position's logits of each."""
+        width = max(len(chunk) for _, _, chunk in parts)
+        slots, starts, counts = [p[0] for p in parts], [p[1] for p in parts], [len(p[2]) for p in parts]
+        ids = torch.tensor([chunk + [chunk[-1]] * (width - len(chunk)) for _, _, chunk in parts], device=self.device)
+        positions = torch.tensor(starts, device=self.device).unsqueeze(1) + torch.arange(width, device=self.device)
+        kv_len = max(a + n for a, n in zip(starts, counts))
+        keys = torch.arange(kv_len, device=self.device)
+        # a query sees its own slot's keys up to its position; padding sees key 0 only
+        limit = torch.minimum(positions, (torch.tensor(starts, device=self.device) + torch.tensor(counts, device=self.device) - 1).unsqueeze(1))
+        mask = (keys.view(1, 1, -1) <= limit.unsqueeze(2)).unsqueeze(1)
+        self.cache.set_prefill_many(slots, starts, counts)
+        out = self._decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{self._cache_kwarg: self.cache})
+        last = out.last_hidden_state[torch.arange(len(parts), device=self.device), torch.tensor(counts, device=self.device) - 1]
+        logits = self._lm_head(last).float().cpu().numpy()
+        return [logits[r] for r in range(len(parts))]
 
     @torch.inference_mode()
     def decode(self, lengths: list[int], tokens: list[int]) -> np.ndarray:

@@ -16,6 +16,7 @@ sessions, locks, running interactions and every message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import uuid
@@ -29,10 +30,23 @@ from steernpc.conversation import Conversation, system_text
 from steernpc.generation.base import Backend, Delta, Finished, PromptTooLong, QueueFull
 from steernpc.limits import MAX_ID, LimitError, echo
 from steernpc.persona import Persona
+from steernpc.scene_snapshot import export_scene, import_scene
+from steernpc.scene_turns import Interrupt, SceneConversation, cache_key
+from steernpc.scenes import (
+    PLAYER_ID,
+    EmptyScene,
+    MemberExists,
+    Scene,
+    SceneError,
+    SceneFull,
+    UnknownMember,
+    next_speaker,
+    responders,
+)
 from steernpc.server.characters import CharacterRegistry
 from steernpc.server.metrics import Metrics
 from steernpc.sessions import Session, SessionStore, SnapshotError, StoreError, export_snapshot, import_snapshot
-from steernpc.validation import check_request, check_session, check_session_sizes
+from steernpc.validation import check_request, check_scene, check_scene_sizes, check_session, check_session_sizes
 from steernpc.wire import pb, pb_grpc
 
 log = logging.getLogger("steernpc.server")
@@ -86,6 +100,10 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._interactions: dict[str, object] = {}  # interaction id -> Stream (or _Waiting)
         self._replying: dict[str, object] = {}  # session id -> Stream of its running reply
+        # Scenes live in this process (README "Scenes": save them with ExportScene).
+        self._scenes: dict[str, Scene] = {}
+        self._scene_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._scene_running: dict[str, Interrupt] = {}  # scene id -> its running SceneSay / SceneContinue
 
     # -- helpers -------------------------------------------------------------------------------
     def _persona(self, character_id: str) -> Persona:
@@ -230,6 +248,8 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         return await _unary(context, request, lambda: self.delete_session(request))
 
     async def steer(self, request: pb.SteerRequest) -> pb.Session:
+        if request.scene_id or request.member_id:
+            return await self._steer_member(request)
         async with self._lock(request.session_id):
             session = await self._session(request.session_id)
             persona = self._persona(session.character_id)
@@ -466,6 +486,302 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             read_task.cancel()
             for task in list(tasks):
                 task.cancel()
+
+
+    # -- scenes -----------------------------------------------------------------------------------
+    def _scene(self, scene_id: str) -> Scene:
+        if not scene_id:
+            raise _invalid("scene_id is empty")
+        scene = self._scenes.get(scene_id)
+        if scene is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"scene {echo(scene_id)} not found (deleted or never created)")
+        return scene
+
+    def _scene_lock(self, scene_id: str) -> asyncio.Lock:
+        lock = self._scene_locks.get(scene_id)
+        if lock is None:
+            lock = self._scene_locks[scene_id] = asyncio.Lock()
+        return lock
+
+    def _member_message(self, scene: Scene, member) -> pb.SceneMember:
+        persona = self.characters.get(member.character_id)
+        attributes = persona.resolve(mood=member.mood or None, steer=member.steer) if persona else {}
+        said = sum(1 for line in scene.heard(member) if line.speaker_id == member.member_id)
+        return pb.SceneMember(member_id=member.member_id, character_id=member.character_id, name=member.name,
+                              mood=member.mood, attributes=attributes, lines=said)  # fmt: skip
+
+    def _scene_message(self, scene: Scene, transcript: bool = False) -> pb.Scene:
+        message = pb.Scene(scene_id=scene.scene_id, player_name=scene.player_name, lines=len(scene.transcript),
+                           last_speaker_id=scene.last_speaker() or "", seed=scene.seed,
+                           members=[self._member_message(scene, m) for m in scene.members])  # fmt: skip
+        if transcript:
+            message.transcript.extend(pb.SceneLine(speaker_id=x.speaker_id, speaker=x.speaker, text=x.text) for x in scene.transcript)
+        return message
+
+    def _join(self, scene: Scene, spec, field: str) -> None:
+        """Add the member `spec` (a MemberSpec) to `scene`, checked against its character."""
+        persona = self._persona(spec.character_id)
+        member_id = spec.member_id or persona.id
+        where = f"{field} {member_id!r}" if len(member_id) <= 40 else field
+        try:
+            steer = persona.schema.check_vector(dict(spec.attributes), "attributes")
+            persona.resolve(mood=spec.mood or None, steer=steer)
+        except InvalidAttribute as exc:
+            raise _invalid(f"{where}: {exc}") from None
+        self._check_fits(persona, Session.new(persona.id, player_name=scene.player_name, context=scene.context))
+        try:
+            scene.join(member_id, persona.id, spec.name or persona.name, spec.mood, steer)
+        except SceneError as exc:
+            raise _scene_status(exc) from None
+
+    async def CreateScene(self, request, context):
+        async def run():
+            scene_id = request.scene_id or uuid.uuid4().hex
+            if scene_id in self._scenes:
+                raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"scene {echo(scene_id)} already exists")
+            scene = Scene.new(scene_id, player_name=request.player_name, context=dict(request.context), seed=request.seed)
+            for i, spec in enumerate(request.members):
+                self._join(scene, spec, f"members[{i}]")
+            self._scenes[scene_id] = scene
+            return self._scene_message(scene)
+
+        return await _unary(context, request, run)
+
+    async def GetScene(self, request, context):
+        return await _unary(context, request, lambda: self._scene_message(self._scene(request.scene_id), request.include_transcript))
+
+    async def DeleteScene(self, request, context):
+        async def run():
+            self._scene(request.scene_id)
+            running = self._scene_running.get(request.scene_id)
+            if running is not None:
+                running.cancel()
+            async with self._scene_lock(request.scene_id):
+                scene = self._scenes.pop(request.scene_id, None)
+            if scene is not None and self.backend is not None:
+                for member in scene.members:
+                    self.backend.drop_cache(cache_key(scene.scene_id, member.member_id))
+            return pb.DeleteSceneResponse()
+
+        return await _unary(context, request, run)
+
+    async def JoinScene(self, request, context):
+        async def run():
+            self._scene(request.scene_id)
+            async with self._scene_lock(request.scene_id):
+                scene = self._scene(request.scene_id)
+                self._join(scene, request.member, "member")
+                return self._scene_message(scene)
+
+        return await _unary(context, request, run)
+
+    async def LeaveScene(self, request, context):
+        async def run():
+            self._scene(request.scene_id)
+            async with self._scene_lock(request.scene_id):
+                scene = self._scene(request.scene_id)
+                try:
+                    scene.leave(request.member_id)
+                except SceneError as exc:
+                    raise _scene_status(exc) from None
+            if self.backend is not None:
+                self.backend.drop_cache(cache_key(scene.scene_id, request.member_id))
+            return self._scene_message(scene)
+
+        return await _unary(context, request, run)
+
+    async def _steer_member(self, request) -> pb.Session:
+        if request.session_id:
+            raise _invalid("session_id and scene_id are both set: steer a session or a scene member, not both")
+        if not request.member_id:
+            raise _invalid("member_id is empty: name the scene member to steer")
+        self._scene(request.scene_id)
+        async with self._scene_lock(request.scene_id):
+            scene = self._scene(request.scene_id)
+            try:
+                member = scene.member(request.member_id)
+            except SceneError as exc:
+                raise _scene_status(exc) from None
+            persona = self._persona(member.character_id)
+            mood = request.mood or ("" if request.clear else member.mood)
+            steer = {} if request.clear else dict(member.steer)
+            try:
+                steer.update(persona.schema.check_vector(dict(request.attributes), "attributes"))
+                vector = persona.resolve(mood=mood or None, steer=steer)
+            except InvalidAttribute as exc:
+                raise _invalid(f"member {member.member_id!r}: {exc}") from None
+            member.apply_steer(mood=request.mood or None, attributes=dict(request.attributes), clear=request.clear)
+            scene.touch()
+            said = sum(1 for line in scene.heard(member) if line.speaker_id == member.member_id)
+            return pb.Session(session_id=scene.scene_id, character_id=member.character_id, mood=member.mood,
+                              attributes=vector, turns=said)  # fmt: skip
+
+    async def ExportScene(self, request, context):
+        async def run():
+            async with self._scene_lock(request.scene_id):
+                return pb.SceneSnapshot(data=export_scene(self._scene(request.scene_id)))
+
+        return await _unary(context, request, run)
+
+    async def ImportScene(self, request, context):
+        async def run():
+            try:
+                scene = import_scene(request.data)
+            except SnapshotError as exc:
+                raise _invalid(f"snapshot: {exc}") from None
+            try:
+                check_scene_sizes(scene)
+                for member in scene.members:  # an old session save: names from the characters
+                    persona = self._persona(member.character_id)
+                    if not member.name:
+                        member.name = persona.name
+                        for line in scene.transcript:
+                            if line.speaker_id == member.member_id and not line.speaker:
+                                line.speaker = persona.name
+                check_scene(scene, self._persona)
+            except (LimitError, InvalidAttribute) as exc:
+                raise _invalid(f"snapshot: {exc}") from None
+            if not scene.seed:
+                scene.seed = int.from_bytes(hashlib.sha256(scene.scene_id.encode()).digest()[:8], "big") >> 1 or 1
+            running = self._scene_running.get(scene.scene_id)
+            if running is not None:
+                running.cancel()
+            async with self._scene_lock(scene.scene_id):
+                old = self._scenes.get(scene.scene_id)
+                self._scenes[scene.scene_id] = scene
+            if old is not None and self.backend is not None:
+                for member in old.members:
+                    self.backend.drop_cache(cache_key(old.scene_id, member.member_id))
+            return self._scene_message(scene)
+
+        return await _unary(context, request, run)
+
+    async def SceneSay(self, request, context):
+        async def events():
+            if not request.text.strip():
+                raise _invalid("text is empty: the player must say something")
+            self._scene(request.scene_id)
+            # A new player line ends the scene's running banter at its next step.
+            running = self._scene_running.get(request.scene_id)
+            if running is not None:
+                running.cancel()
+            async with self._scene_lock(request.scene_id):
+                scene = self._scene(request.scene_id)
+                try:
+                    speakers = responders(scene, request.text, list(request.member_ids))
+                except SceneError as exc:
+                    raise _scene_status(exc) from None
+                scene.record(PLAYER_ID, request.text)
+                async for event in self._scene_lines(scene, iter(speakers), dict(request.attributes), request, undo=True):
+                    yield event
+
+        async for event in self._scene_stream(request, context, events):
+            yield event
+
+    async def SceneContinue(self, request, context):
+        async def events():
+            self._scene(request.scene_id)
+            async with self._scene_lock(request.scene_id):
+                scene = self._scene(request.scene_id)
+                try:
+                    next_speaker(scene)
+                except SceneError as exc:
+                    raise _scene_status(exc) from None
+
+                def speakers():
+                    for _ in range(request.turns):
+                        yield next_speaker(scene)
+
+                async for event in self._scene_lines(scene, speakers(), None, request):
+                    yield event
+
+        async for event in self._scene_stream(request, context, events):
+            yield event
+
+    async def _scene_stream(self, request, context, events):
+        """Check the request, register its interaction (Cancel finds it), run `events`."""
+        iid = ""
+        try:
+            _checked(request)
+            self._ready_backend()
+            iid = request.interaction_id = request.interaction_id or uuid.uuid4().hex
+            if iid in self._interactions:
+                iid = ""
+                raise RequestError(grpc.StatusCode.ALREADY_EXISTS, f"interaction {echo(request.interaction_id)} is already running")
+            self._interactions[iid] = Interrupt()
+            async for event in events():
+                yield event
+        except RequestError as exc:
+            await context.abort(exc.code, exc.message)
+        finally:
+            if iid:
+                self._interactions.pop(iid, None)
+
+    async def _scene_lines(self, scene: Scene, speakers, override, request, undo: bool = False) -> AsyncIterator[pb.SceneEvent]:
+        """Each speaker's line in turn (under the scene lock): deltas, then its done. The
+        interaction's cancel, or a new SceneSay, ends it at the next step."""
+        backend = self._ready_backend()
+        iid = request.interaction_id
+        run: Interrupt = self._interactions[iid]
+        self._scene_running[scene.scene_id] = run
+        lines = SceneConversation(backend, self.fmt, self.history_tokens)
+        options = _say_options(request.options)
+        try:
+            for i, member_id in enumerate(speakers):
+                if run.cancelled or self._scenes.get(scene.scene_id) is not scene:
+                    return
+                member = scene.member(member_id)
+                try:
+                    persona = self._persona(member.character_id)
+                    turn = lines.begin(scene, member_id, persona, override, options, f"{iid}:{i}")
+                    stream = lines.submit(turn)
+                except (RequestError, QueueFull, PromptTooLong, InvalidAttribute, ValueError) as exc:
+                    if undo and i == 0:  # nobody answered: the player's line is not kept
+                        scene.transcript.pop()
+                    if isinstance(exc, RequestError):
+                        raise
+                    if isinstance(exc, QueueFull):
+                        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+                    if isinstance(exc, PromptTooLong):
+                        raise _invalid(f"the scene is too long for this model: member {member_id!r}'s prompt would be "
+                                       f"{exc.tokens} tokens (at most {exc.limit})") from None  # fmt: skip
+                    raise _invalid(str(exc)) from None
+                run.attach(stream)
+                final: Finished | None = None
+                try:
+                    async for event in stream:
+                        if isinstance(event, Delta):
+                            yield pb.SceneEvent(interaction_id=iid, speaker_id=member_id, speaker=turn.speaker,
+                                                delta=pb.ReplyDelta(text=event.text))  # fmt: skip
+                        else:
+                            final = event
+                finally:
+                    run.attach(None)
+                    if final is None:  # the caller went away
+                        stream.cancel()
+                        final = await asyncio.to_thread(stream.result, 30)
+                        run.cancel()
+                    self.metrics.reply_finished(turn.turn.request.cache_key, final.reason, final.completion_tokens)
+                    self.metrics.backend_stats(backend.stats())
+                    lines.finish(scene, turn, final)
+                if final.reason == "error":
+                    raise RequestError(grpc.StatusCode.INTERNAL, f"generation failed: {final.error}")
+                done = self._done_event(iid, final, turn.attributes).done
+                yield pb.SceneEvent(interaction_id=iid, speaker_id=member_id, speaker=turn.speaker, done=done)
+        finally:
+            if self._scene_running.get(scene.scene_id) is run:
+                del self._scene_running[scene.scene_id]
+
+
+def _scene_status(exc: SceneError) -> RequestError:
+    """The status of a scene model error."""
+    if isinstance(exc, UnknownMember):
+        return RequestError(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, (EmptyScene, SceneFull)):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, MemberExists):
+        return RequestError(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    return _invalid(str(exc))
 
 
 def _say_options(o: pb.GenerationOptions) -> dict:
