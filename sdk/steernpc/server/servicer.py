@@ -702,7 +702,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         """Check the request, register its interaction (Cancel finds it), run `events`."""
         iid = ""
         try:
-            _checked(request)
+            checked(request)
             self._ready_backend()
             iid = request.interaction_id = request.interaction_id or uuid.uuid4().hex
             if iid in self._interactions:
