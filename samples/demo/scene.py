@@ -3,7 +3,7 @@
 Starts `steernpc serve` with the sample personas (and the sample SteerLM adapter when it
 is present), then, with streamed output:
   1. Marta the innkeeper answers one player line under contrasting attribute profiles,
-     side by side (humor 0 vs 4, then verbosity 0 vs 4);
+     side by side (humor, friendliness and verbosity, each 0 vs 4);
   2. Brom the blacksmith changes mood mid-conversation (friendly -> angry);
   3. the conversation is saved (ExportSession), deleted, loaded (ImportSession) and goes on;
   4. a tavern scene: the player addresses Brom at Marta's table, Brom and Marta banter for
@@ -86,16 +86,12 @@ def play(target: str) -> None:
         banner("1. One line, two attribute profiles: Marta the innkeeper")
         line = "Got any rooms free tonight? And what's the food like?"
         replies = {}
-        for humor in (0, 4):
-            session = npc.create_session("marta", player_name="Traveller")
-            replies[humor] = stream_reply(npc, session.session_id, names["marta"], line, {"humor": humor}, label=f" (humor {humor})")
-        side_by_side("humor 0", replies[0], "humor 4", replies[4])
-        for verbosity in (0, 4):
-            session = npc.create_session("marta", player_name="Traveller")
-            replies[verbosity] = stream_reply(
-                npc, session.session_id, names["marta"], line, {"verbosity": verbosity}, label=f" (verbosity {verbosity})"
-            )
-        side_by_side("verbosity 0", replies[0], "verbosity 4", replies[4])
+        for attribute in ("humor", "friendliness", "verbosity"):
+            for level in (0, 4):
+                session = npc.create_session("marta", player_name="Traveller")
+                replies[level] = stream_reply(npc, session.session_id, names["marta"], line, {attribute: level},
+                                              label=f" ({attribute} {level})")  # fmt: skip
+            side_by_side(f"{attribute} 0", replies[0], f"{attribute} 4", replies[4])
 
         banner("2. A mood change mid-conversation: Brom the blacksmith")
         session = npc.create_session("brom", mood="friendly", player_name="Traveller")
