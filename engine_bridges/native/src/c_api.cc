@@ -43,7 +43,7 @@ static_assert(NPC_UNAUTHENTICATED == static_cast<int>(grpc::StatusCode::UNAUTHEN
 
 // Strings of the event last returned by npc_poll on this thread (see npc_event).
 struct PolledStrings {
-  std::string text, attributes, session_id, interaction_id;
+  std::string text, attributes, session_id, interaction_id, scene_id, speaker_id, speaker;
 };
 thread_local PolledStrings tls_polled;
 
@@ -119,6 +119,80 @@ npc_result* Result(Body&& body) {
   }
   steernpc::ClearError();
   return NewResult(NPC_OK, &value);
+}
+
+// A member spec from the C struct (checked: character_id required, attributes parsed).
+int32_t MemberSpec(const npc_scene_member* m, const std::string& where, steernpc::v1::MemberSpec* out) {
+  if (m == nullptr || m->character_id == nullptr || m->character_id[0] == '\0')
+    return Fail(NPC_INVALID_ARGUMENT, where + ".character_id is required");
+  out->set_character_id(m->character_id);
+  out->set_member_id(Str(m->member_id));
+  out->set_name(Str(m->name));
+  out->set_mood(Str(m->mood));
+  std::string error;
+  if (!steernpc::ParseAttributes(m->attributes, (where + ".attributes").c_str(), out->mutable_attributes(), &error))
+    return Fail(NPC_INVALID_ARGUMENT, error);
+  return 0;
+}
+
+std::string Trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
+  return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+// "key=value" lines -> the context map; false with *error naming the bad line.
+bool ParseContext(const char* text, google::protobuf::Map<std::string, std::string>* out, std::string* error) {
+  std::string all = Str(text);
+  size_t pos = 0;
+  int n = 0;
+  while (pos <= all.size() && !all.empty()) {
+    size_t nl = all.find('\n', pos);
+    if (nl == std::string::npos) nl = all.size();
+    std::string line = all.substr(pos, nl - pos);
+    ++n;
+    if (!Trim(line).empty()) {
+      size_t eq = line.find('=');
+      std::string key = eq == std::string::npos ? std::string() : Trim(line.substr(0, eq));
+      if (key.empty()) {
+        *error = "context line " + std::to_string(n) + " is not key=value";
+        return false;
+      }
+      (*out)[key] = Trim(line.substr(eq + 1));
+    }
+    pos = nl + 1;
+  }
+  return true;
+}
+
+// "brom, marta" -> the addressed member ids, in order; false with *error on an empty item.
+bool ParseIds(const char* text, google::protobuf::RepeatedPtrField<std::string>* out, std::string* error) {
+  std::string all = Str(text);
+  if (Trim(all).empty()) return true;
+  size_t pos = 0;
+  for (;;) {
+    size_t comma = all.find(',', pos);
+    std::string id = Trim(all.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos));
+    if (id.empty()) {
+      *error = "member_ids has an empty item: write \"brom,marta\"";
+      return false;
+    }
+    *out->Add() = id;
+    if (comma == std::string::npos) return true;
+    pos = comma + 1;
+  }
+}
+
+// Generation options of a scene request from npc_say_options (0 = the persona's setting).
+bool HasGeneration(const npc_say_options* o) {
+  return o && (o->max_new_tokens || o->temperature != 0.f || o->top_p != 0.f || o->top_k || o->seed);
+}
+
+void SetGeneration(const npc_say_options* o, steernpc::v1::GenerationOptions* gen) {
+  gen->set_max_new_tokens(o->max_new_tokens);
+  gen->set_temperature(o->temperature);
+  gen->set_top_p(o->top_p);
+  gen->set_top_k(o->top_k);
+  gen->set_seed(o->seed);
 }
 
 }  // namespace
@@ -343,18 +417,28 @@ NPC_API int32_t npc_cancel(npc_client* client, npc_request_id request_id) {
   NPC_GUARD_END
 }
 
-NPC_API int32_t npc_poll_wait(npc_client* client, npc_event* out, int32_t timeout_ms) {
-  NPC_REQUIRE(client, "client");
-  NPC_REQUIRE(out, "out");
-  NPC_GUARD_BEGIN
+}  // extern "C"
+
+namespace {
+
+// Take the next event; fill *out (and *ex's scene fields when ex is not NULL).
+int32_t PollInto(npc_client* client, npc_event* out, npc_event_ex* ex, int32_t timeout_ms) {
   steernpc::Event e;
   *out = npc_event{};
   out->text = out->attributes = out->session_id = out->interaction_id = "";
+  if (ex) {
+    ex->scene_id = ex->speaker_id = ex->speaker = "";
+    ex->line = 0;
+    ex->reserved = 0;
+  }
   if (!client->impl.Poll(&e, timeout_ms)) return 0;
   tls_polled.text = std::move(e.text);
   tls_polled.attributes = std::move(e.attributes);
   tls_polled.session_id = std::move(e.session_id);
   tls_polled.interaction_id = std::move(e.interaction_id);
+  tls_polled.scene_id = std::move(e.scene_id);
+  tls_polled.speaker_id = std::move(e.speaker_id);
+  tls_polled.speaker = std::move(e.speaker);
   out->request_id = e.request_id;
   out->type = static_cast<int32_t>(e.type);
   out->finish_reason = e.finish_reason;
@@ -368,7 +452,32 @@ NPC_API int32_t npc_poll_wait(npc_client* client, npc_event* out, int32_t timeou
   out->attributes = tls_polled.attributes.c_str();
   out->session_id = tls_polled.session_id.c_str();
   out->interaction_id = tls_polled.interaction_id.c_str();
+  if (ex) {
+    ex->scene_id = tls_polled.scene_id.c_str();
+    ex->speaker_id = tls_polled.speaker_id.c_str();
+    ex->speaker = tls_polled.speaker.c_str();
+    ex->line = e.line;
+  }
   return 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+NPC_API int32_t npc_poll_wait(npc_client* client, npc_event* out, int32_t timeout_ms) {
+  NPC_REQUIRE(client, "client");
+  NPC_REQUIRE(out, "out");
+  NPC_GUARD_BEGIN
+  return PollInto(client, out, nullptr, timeout_ms);
+  NPC_GUARD_END
+}
+
+NPC_API int32_t npc_poll_ex(npc_client* client, npc_event_ex* out, int32_t timeout_ms) {
+  NPC_REQUIRE(client, "client");
+  NPC_REQUIRE(out, "out");
+  NPC_GUARD_BEGIN
+  return PollInto(client, &out->event, out, timeout_ms);
   NPC_GUARD_END
 }
 
@@ -377,6 +486,177 @@ NPC_API int32_t npc_poll(npc_client* client, npc_event* out) { return npc_poll_w
 NPC_API int32_t npc_pending(npc_client* client) {
   NPC_REQUIRE(client, "client");
   return client->impl.Pending();
+}
+
+// ---- scenes ---------------------------------------------------------------------------------
+
+NPC_API npc_result* npc_scene_create(npc_client* client, const npc_scene_options* options) {
+  return Result([&](std::string* out) -> int32_t {
+    NPC_REQUIRE(client, "client");
+    steernpc::v1::CreateSceneRequest request;
+    if (options) {
+      NPC_REQUIRE(options->member_count >= 0 && (options->members || options->member_count == 0), "members");
+      request.set_scene_id(Str(options->scene_id));
+      request.set_player_name(Str(options->player_name));
+      request.set_seed(options->seed);
+      std::string error;
+      if (!ParseContext(options->context, request.mutable_context(), &error)) return Fail(NPC_INVALID_ARGUMENT, error);
+      for (int32_t i = 0; i < options->member_count; ++i) {
+        int32_t rc = MemberSpec(&options->members[i], "members[" + std::to_string(i) + "]", request.add_members());
+        if (rc < 0) return rc;
+      }
+    }
+    steernpc::v1::Scene scene;
+    grpc::Status status = client->impl.CreateScene(request, &scene);
+    if (!status.ok()) return FailStatus(client, status);
+    *out = scene.scene_id();
+    return 0;
+  });
+}
+
+NPC_API npc_result* npc_scene_get(npc_client* client, const char* scene_id, int32_t include_transcript) {
+  return Result([&](std::string* out) -> int32_t {
+    NPC_REQUIRE(client, "client");
+    NPC_REQUIRE(scene_id && scene_id[0], "scene_id");
+    steernpc::v1::GetSceneRequest request;
+    request.set_scene_id(scene_id);
+    request.set_include_transcript(include_transcript != 0);
+    steernpc::v1::Scene scene;
+    grpc::Status status = client->impl.GetScene(request, &scene);
+    if (!status.ok()) return FailStatus(client, status);
+    *out = ToJson(scene);
+    return 0;
+  });
+}
+
+NPC_API int32_t npc_scene_delete(npc_client* client, const char* scene_id) {
+  NPC_REQUIRE(client, "client");
+  NPC_REQUIRE(scene_id && scene_id[0], "scene_id");
+  NPC_GUARD_BEGIN
+  grpc::Status status = client->impl.DeleteScene(scene_id);
+  if (!status.ok()) return FailStatus(client, status);
+  steernpc::ClearError();
+  return 0;
+  NPC_GUARD_END
+}
+
+NPC_API int32_t npc_scene_join(npc_client* client, const char* scene_id, const npc_scene_member* member) {
+  NPC_REQUIRE(client, "client");
+  NPC_REQUIRE(scene_id && scene_id[0], "scene_id");
+  NPC_GUARD_BEGIN
+  steernpc::v1::JoinSceneRequest request;
+  request.set_scene_id(scene_id);
+  int32_t rc = MemberSpec(member, "member", request.mutable_member());
+  if (rc < 0) return rc;
+  steernpc::v1::Scene scene;
+  grpc::Status status = client->impl.JoinScene(request, &scene);
+  if (!status.ok()) return FailStatus(client, status);
+  steernpc::ClearError();
+  return 0;
+  NPC_GUARD_END
+}
+
+NPC_API int32_t npc_scene_leave(npc_client* client, const char* scene_id, const char* member_id) {
+  NPC_REQUIRE(client, "client");
+  NPC_REQUIRE(scene_id && scene_id[0], "scene_id");
+  NPC_REQUIRE(member_id && member_id[0], "member_id");
+  NPC_GUARD_BEGIN
+  steernpc::v1::LeaveSceneRequest request;
+  request.set_scene_id(scene_id);
+  request.set_member_id(member_id);
+  steernpc::v1::Scene scene;
+  grpc::Status status = client->impl.LeaveScene(request, &scene);
+  if (!status.ok()) return FailStatus(client, status);
+  steernpc::ClearError();
+  return 0;
+  NPC_GUARD_END
+}
+
+NPC_API int32_t npc_scene_steer(npc_client* client, const char* scene_id, const char* member_id,
+                                const char* mood, const char* attributes, int32_t clear) {
+  NPC_REQUIRE(client, "client");
+  NPC_REQUIRE(scene_id && scene_id[0], "scene_id");
+  NPC_REQUIRE(member_id && member_id[0], "member_id");
+  NPC_GUARD_BEGIN
+  steernpc::v1::SteerRequest request;
+  request.set_scene_id(scene_id);
+  request.set_member_id(member_id);
+  request.set_mood(Str(mood));
+  request.set_clear(clear != 0);
+  std::string error;
+  if (!steernpc::ParseAttributes(attributes, "attributes", request.mutable_attributes(), &error))
+    return Fail(NPC_INVALID_ARGUMENT, error);
+  steernpc::v1::Session session;
+  grpc::Status status = client->impl.Steer(request, &session);
+  if (!status.ok()) return FailStatus(client, status);
+  steernpc::ClearError();
+  return 0;
+  NPC_GUARD_END
+}
+
+NPC_API npc_request_id npc_scene_say(npc_client* client, const char* scene_id, const char* text,
+                                     const char* member_ids, const npc_say_options* options) {
+  NPC_REQUIRE(client, "client");
+  NPC_REQUIRE(scene_id && scene_id[0], "scene_id");
+  NPC_REQUIRE(text, "text");
+  NPC_GUARD_BEGIN
+  steernpc::v1::SceneSayRequest request;
+  request.set_scene_id(scene_id);
+  request.set_text(text);
+  std::string error;
+  if (!ParseIds(member_ids, request.mutable_member_ids(), &error)) return Fail(NPC_INVALID_ARGUMENT, error);
+  if (options) {
+    if (!steernpc::ParseAttributes(options->attributes, "attribute_overrides", request.mutable_attributes(), &error))
+      return Fail(NPC_INVALID_ARGUMENT, error);
+    if (HasGeneration(options)) SetGeneration(options, request.mutable_options());
+  }
+  steernpc::ClearError();
+  return client->impl.SceneSay(std::move(request));
+  NPC_GUARD_END
+}
+
+NPC_API npc_request_id npc_scene_continue(npc_client* client, const char* scene_id, int32_t turns,
+                                          const npc_say_options* options) {
+  NPC_REQUIRE(client, "client");
+  NPC_REQUIRE(scene_id && scene_id[0], "scene_id");
+  NPC_GUARD_BEGIN
+  if (turns < 1 || turns > 32)
+    return Fail(NPC_INVALID_ARGUMENT, "turns = " + std::to_string(turns) + " is outside 1..32");
+  if (options && options->attributes && options->attributes[0])
+    return Fail(NPC_INVALID_ARGUMENT, "options.attributes must be NULL: banter lines use each member's own vector "
+                                      "(steer a member with npc_scene_steer)");
+  steernpc::v1::SceneContinueRequest request;
+  request.set_scene_id(scene_id);
+  request.set_turns(turns);
+  if (HasGeneration(options)) SetGeneration(options, request.mutable_options());
+  steernpc::ClearError();
+  return client->impl.SceneContinue(std::move(request));
+  NPC_GUARD_END
+}
+
+NPC_API npc_result* npc_scene_export(npc_client* client, const char* scene_id) {
+  return Result([&](std::string* out) -> int32_t {
+    NPC_REQUIRE(client, "client");
+    NPC_REQUIRE(scene_id && scene_id[0], "scene_id");
+    steernpc::v1::SceneSnapshot snapshot;
+    grpc::Status status = client->impl.ExportScene(scene_id, &snapshot);
+    if (!status.ok()) return FailStatus(client, status);
+    *out = std::move(*snapshot.mutable_data());
+    return 0;
+  });
+}
+
+NPC_API npc_result* npc_scene_import(npc_client* client, const uint8_t* data, size_t len) {
+  return Result([&](std::string* out) -> int32_t {
+    NPC_REQUIRE(client, "client");
+    NPC_REQUIRE(data || len == 0, "data");
+    steernpc::v1::Scene scene;
+    grpc::Status status = client->impl.ImportScene(
+        data ? std::string(reinterpret_cast<const char*>(data), len) : std::string(), &scene);
+    if (!status.ok()) return FailStatus(client, status);
+    *out = scene.scene_id();
+    return 0;
+  });
 }
 
 }  // extern "C"

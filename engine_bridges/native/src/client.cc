@@ -49,7 +49,7 @@ std::string DescribeStatus(const grpc::Status& status, const std::string& target
 
 class CancelOp : public Op {
  public:
-  CancelOp(Client* client, std::shared_ptr<SayCall> call) : client_(client), call_(std::move(call)) {}
+  CancelOp(Client* client, std::shared_ptr<StreamCall> call) : client_(client), call_(std::move(call)) {}
 
   void Start() {
     client_->PrepareContext(&context_, client_->options().default_deadline_ms);
@@ -65,7 +65,8 @@ class CancelOp : public Op {
 
   void Proceed(bool ok) override {
     // The server did not (or could not) stop it: stop the stream from this side; the reply then
-    // ends with CANCELLED, which SayCall reports as a done event with finish reason cancelled.
+    // ends with CANCELLED, which SayCall reports as a done event with finish reason cancelled
+    // (SceneCall: the open line's cancelled done, then the scene end).
     if (!ok || !status_.ok() || !response_.cancelled()) {
       if (!call_->finished()) call_->TryCancel();
     }
@@ -74,7 +75,7 @@ class CancelOp : public Op {
 
  private:
   Client* client_;
-  std::shared_ptr<SayCall> call_;
+  std::shared_ptr<StreamCall> call_;
   grpc::ClientContext context_;
   v1::CancelResponse response_;
   grpc::Status status_;
@@ -97,6 +98,7 @@ Event SayCall::MakeEvent(EventType type) const {
   e.type = type;
   e.session_id = session_id_;
   e.interaction_id = interaction_id_;
+  e.final = type == EventType::kDone || type == EventType::kError;
   return e;
 }
 
@@ -132,6 +134,7 @@ void SayCall::OnRead(bool ok) {
         e.completion_tokens = done.usage().completion_tokens();
         e.server_ttft_ms = done.usage().time_to_first_token_ms();
         e.server_total_ms = done.usage().total_ms();
+        e.final = true;
         final_queued_ = true;
         client_->Push(std::move(e));
         break;
@@ -140,6 +143,7 @@ void SayCall::OnRead(bool ok) {
         Event e = MakeEvent(EventType::kError);
         e.status_code = incoming_.error().code();
         e.text = incoming_.error().message();
+        e.final = true;
         final_queued_ = true;
         client_->Push(std::move(e));
         break;
@@ -165,6 +169,126 @@ void SayCall::OnFinished(bool /*ok*/) {
       Event e = MakeEvent(EventType::kDone);
       e.text = text_;
       e.finish_reason = static_cast<int32_t>(v1::FINISH_REASON_CANCELLED);
+      client_->Push(std::move(e));
+    } else {
+      Event e = MakeEvent(EventType::kError);
+      e.status_code = static_cast<int32_t>(status_.error_code());
+      e.text = DescribeStatus(status_, client_->options().target);
+      client_->Push(std::move(e));
+    }
+  }
+  client_->CallFinished(id_);  // may destroy this; nothing may follow
+}
+
+// ------------------------------------------------------------------------------------------
+// SceneCall: the same steps as SayCall over a stream of SceneEvents. Each member's line is
+// deltas then one done (both carrying the speaker); the stream's end is one kSceneEnd event, or
+// an error event when the server failed the request.
+
+void SceneCall::StartSay(const v1::SceneSayRequest& request) {
+  client_->PrepareContext(&context_, client_->options().say_deadline_ms);
+  reader_ = client_->stub()->PrepareAsyncSceneSay(&context_, request, client_->cq());
+  TagHandOff(&started_tag_);
+  reader_->StartCall(&started_tag_);
+}
+
+void SceneCall::StartContinue(const v1::SceneContinueRequest& request) {
+  client_->PrepareContext(&context_, client_->options().say_deadline_ms);
+  reader_ = client_->stub()->PrepareAsyncSceneContinue(&context_, request, client_->cq());
+  TagHandOff(&started_tag_);
+  reader_->StartCall(&started_tag_);
+}
+
+Event SceneCall::MakeEvent(EventType type) const {
+  Event e;
+  e.request_id = id_;
+  e.type = type;
+  e.session_id = scene_id_;
+  e.scene_id = scene_id_;
+  e.interaction_id = interaction_id_;
+  e.speaker_id = speaker_id_;
+  e.speaker = speaker_;
+  e.line = lines_;
+  e.final = type == EventType::kSceneEnd || type == EventType::kError;
+  return e;
+}
+
+void SceneCall::OnStarted(bool ok) {
+  if (ok) {
+    reader_->Read(&incoming_, &read_tag_);
+  } else {
+    reader_->Finish(&status_, &finish_tag_);
+  }
+}
+
+void SceneCall::OnRead(bool ok) {
+  if (!ok) {
+    reader_->Finish(&status_, &finish_tag_);
+    return;
+  }
+  if (!final_queued_) {
+    switch (incoming_.event_case()) {
+      case v1::SceneEvent::kDelta: {
+        if (!line_open_ || incoming_.speaker_id() != speaker_id_) {
+          line_open_ = true;
+          speaker_id_ = incoming_.speaker_id();
+          speaker_ = incoming_.speaker();
+          text_.clear();
+        }
+        Event e = MakeEvent(EventType::kDelta);
+        e.text = incoming_.delta().text();
+        text_ += e.text;
+        client_->Push(std::move(e));
+        break;
+      }
+      case v1::SceneEvent::kDone: {
+        if (!line_open_ || incoming_.speaker_id() != speaker_id_) text_.clear();  // a line without deltas
+        speaker_id_ = incoming_.speaker_id();
+        speaker_ = incoming_.speaker();
+        const v1::ReplyDone& done = incoming_.done();
+        Event e = MakeEvent(EventType::kDone);
+        e.text = done.text().empty() ? text_ : done.text();
+        e.finish_reason = static_cast<int32_t>(done.finish_reason());
+        e.attributes = FormatAttributes(done.attributes());
+        e.prompt_tokens = done.usage().prompt_tokens();
+        e.completion_tokens = done.usage().completion_tokens();
+        e.server_ttft_ms = done.usage().time_to_first_token_ms();
+        e.server_total_ms = done.usage().total_ms();
+        last_finish_ = e.finish_reason;
+        line_open_ = false;
+        text_.clear();
+        ++lines_;
+        client_->Push(std::move(e));
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  incoming_.Clear();
+  reader_->Read(&incoming_, &read_tag_);
+}
+
+void SceneCall::OnFinished(bool /*ok*/) {
+  finished_ = true;
+  if (!final_queued_) {
+    final_queued_ = true;
+    bool cut_by_cancel = status_.error_code() == grpc::StatusCode::CANCELLED && cancel_requested_;
+    if (status_.ok() || cut_by_cancel) {
+      if (line_open_) {  // cut off locally mid-line: that line ends cancelled, as a reply does
+        Event done = MakeEvent(EventType::kDone);
+        done.text = text_;
+        done.finish_reason = static_cast<int32_t>(v1::FINISH_REASON_CANCELLED);
+        last_finish_ = done.finish_reason;
+        line_open_ = false;
+        ++lines_;
+        client_->Push(std::move(done));
+      }
+      Event e = MakeEvent(EventType::kSceneEnd);
+      e.speaker_id.clear();
+      e.speaker.clear();
+      bool cancelled = cancel_requested_ || last_finish_ == static_cast<int32_t>(v1::FINISH_REASON_CANCELLED);
+      e.finish_reason = static_cast<int32_t>(cancelled ? v1::FINISH_REASON_CANCELLED : v1::FINISH_REASON_STOP);
       client_->Push(std::move(e));
     } else {
       Event e = MakeEvent(EventType::kError);
@@ -203,10 +327,10 @@ Client::Client(ClientOptions options) : options_(std::move(options)), id_prefix_
 
 Client::~Client() {
   shutting_down_ = true;
-  std::vector<std::shared_ptr<SayCall>> calls;
+  std::vector<std::shared_ptr<StreamCall>> calls;
   {
     std::lock_guard<std::mutex> lock(mu_);
-      for (auto& kv : calls_) calls.push_back(kv.second);
+    for (auto& kv : calls_) calls.push_back(kv.second);
     // A cancel op is deleted only after it left cancel_ops_ under mu_: safe to touch here.
     for (CancelOp* op : cancel_ops_) op->TryCancel();
   }
@@ -267,13 +391,13 @@ void Client::Loop() {
 }
 
 void Client::CheckCancelDeadlines() {
-  std::vector<std::shared_ptr<SayCall>> overdue;
+  std::vector<std::shared_ptr<StreamCall>> overdue;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (calls_.empty()) return;
     auto now = Clock::now();
     for (auto& kv : calls_) {
-      SayCall& call = *kv.second;
+      StreamCall& call = *kv.second;
       if (call.cancel_requested() && !call.finished() && now >= call.cancel_deadline) {
         call.cancel_deadline = now + std::chrono::hours(24);
         overdue.push_back(kv.second);
@@ -290,7 +414,7 @@ void Client::PrepareContext(grpc::ClientContext* ctx, int deadline_ms) const {
 }
 
 void Client::Push(Event event) {
-  bool final = event.type == EventType::kDone || event.type == EventType::kError;
+  bool final = event.final;
   if (shutting_down_) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -301,7 +425,7 @@ void Client::Push(Event event) {
 }
 
 void Client::CallFinished(int64_t id) {
-  std::shared_ptr<SayCall> call;
+  std::shared_ptr<StreamCall> call;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = calls_.find(id);
@@ -311,7 +435,7 @@ void Client::CallFinished(int64_t id) {
     }
   }
   drained_cv_.notify_all();
-  // `call` may be the last reference: the SayCall is destroyed here, outside the lock.
+  // `call` may be the last reference: the call is destroyed here, outside the lock.
 }
 
 void Client::CancelOpDone(Op* op) {
@@ -341,18 +465,40 @@ int64_t Client::Say(const std::string& session_id, const std::string& text,
     gen->set_seed(options.seed);
   }
   auto call = std::make_shared<SayCall>(this, id, session_id, request.interaction_id());
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    calls_[id] = call;
-    ++pending_;
-  }
+  Track(call);
   // Started on the dispatch thread: npc_say costs the game thread a few microseconds.
   Post([call, request = std::move(request)]() { call->Start(request); });
   return id;
 }
 
+int64_t Client::Track(std::shared_ptr<StreamCall> call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t id = call->id();
+  calls_[id] = std::move(call);
+  ++pending_;
+  return id;
+}
+
+int64_t Client::SceneSay(v1::SceneSayRequest request) {
+  int64_t id = next_id_.fetch_add(1);
+  request.set_interaction_id(id_prefix_ + std::to_string(id));
+  auto call = std::make_shared<SceneCall>(this, id, request.scene_id(), request.interaction_id());
+  Track(call);
+  Post([call, request = std::move(request)]() { call->StartSay(request); });
+  return id;
+}
+
+int64_t Client::SceneContinue(v1::SceneContinueRequest request) {
+  int64_t id = next_id_.fetch_add(1);
+  request.set_interaction_id(id_prefix_ + std::to_string(id));
+  auto call = std::make_shared<SceneCall>(this, id, request.scene_id(), request.interaction_id());
+  Track(call);
+  Post([call, request = std::move(request)]() { call->StartContinue(request); });
+  return id;
+}
+
 bool Client::Cancel(int64_t request_id) {
-  std::shared_ptr<SayCall> call;
+  std::shared_ptr<StreamCall> call;
   CancelOp* op = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -451,6 +597,55 @@ grpc::Status Client::ImportSession(const std::string& data, v1::Session* out) {
   v1::ImportSessionRequest req;
   req.set_data(data);
   return stub_->ImportSession(&ctx, req, out);
+}
+
+grpc::Status Client::CreateScene(const v1::CreateSceneRequest& req, v1::Scene* out) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options_.default_deadline_ms);
+  return stub_->CreateScene(&ctx, req, out);
+}
+
+grpc::Status Client::GetScene(const v1::GetSceneRequest& req, v1::Scene* out) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options_.default_deadline_ms);
+  return stub_->GetScene(&ctx, req, out);
+}
+
+grpc::Status Client::DeleteScene(const std::string& scene_id) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options_.default_deadline_ms);
+  v1::DeleteSceneRequest req;
+  req.set_scene_id(scene_id);
+  v1::DeleteSceneResponse resp;
+  return stub_->DeleteScene(&ctx, req, &resp);
+}
+
+grpc::Status Client::JoinScene(const v1::JoinSceneRequest& req, v1::Scene* out) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options_.default_deadline_ms);
+  return stub_->JoinScene(&ctx, req, out);
+}
+
+grpc::Status Client::LeaveScene(const v1::LeaveSceneRequest& req, v1::Scene* out) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options_.default_deadline_ms);
+  return stub_->LeaveScene(&ctx, req, out);
+}
+
+grpc::Status Client::ExportScene(const std::string& scene_id, v1::SceneSnapshot* out) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options_.default_deadline_ms);
+  v1::ExportSceneRequest req;
+  req.set_scene_id(scene_id);
+  return stub_->ExportScene(&ctx, req, out);
+}
+
+grpc::Status Client::ImportScene(const std::string& data, v1::Scene* out) {
+  grpc::ClientContext ctx;
+  PrepareContext(&ctx, options_.default_deadline_ms);
+  v1::ImportSceneRequest req;
+  req.set_data(data);
+  return stub_->ImportScene(&ctx, req, out);
 }
 
 }  // namespace steernpc

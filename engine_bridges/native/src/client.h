@@ -1,7 +1,8 @@
 // The native client: one gRPC channel, one completion-queue thread, one dispatch thread, one
 // event queue.
 //
-// Streamed replies (Say) run on the grpc++ async API. The dispatch thread starts them (and the
+// Streamed replies (Say, and the scene streams SceneSay / SceneContinue) run on the grpc++
+// async API. The dispatch thread starts them (and the
 // Cancel RPCs) so that engine threads never pay for creating a call; their operations then
 // complete on the CQ thread (Loop), the only one that reads the completion queue, which turns
 // stream messages into Events and appends them to a mutex-guarded queue. Engine threads only
@@ -30,7 +31,7 @@
 
 namespace steernpc {
 
-enum class EventType : int32_t { kNone = 0, kDelta = 1, kDone = 2, kError = 3 };
+enum class EventType : int32_t { kNone = 0, kDelta = 1, kDone = 2, kError = 3, kSceneEnd = 4 };
 
 struct Event {
   int64_t request_id = 0;
@@ -43,8 +44,14 @@ struct Event {
   float server_total_ms = 0.f;
   std::string text;
   std::string attributes;
-  std::string session_id;
+  std::string session_id;       // a scene event: the scene's id
   std::string interaction_id;
+  // Scene events only ("" / 0 otherwise).
+  std::string scene_id;
+  std::string speaker_id;
+  std::string speaker;
+  int32_t line = 0;             // delta / done: the line's index in its request; end: lines done
+  bool final = false;           // the request's last event (npc_pending counts it down)
 };
 
 struct ClientOptions {
@@ -97,14 +104,14 @@ struct Op {
   virtual void Proceed(bool ok) = 0;
 };
 
-// One streamed reply.
-class SayCall : public std::enable_shared_from_this<SayCall> {
+// One server-streaming call whose events go to the client's queue: the part Cancel and the
+// client's bookkeeping need (SayCall and SceneCall fill in the stream).
+class StreamCall {
  public:
-  SayCall(Client* client, int64_t id, std::string session_id, std::string interaction_id)
-      : client_(client), id_(id), session_id_(std::move(session_id)),
-        interaction_id_(std::move(interaction_id)) {}
+  StreamCall(Client* client, int64_t id, std::string interaction_id)
+      : client_(client), id_(id), interaction_id_(std::move(interaction_id)) {}
+  virtual ~StreamCall() = default;
 
-  void Start(const v1::SayRequest& request);
   // Local cancellation (the server did not stop it, or the client is going away).
   void TryCancel() { context_.TryCancel(); }
   bool MarkCancelRequested() { return !cancel_requested_.exchange(true); }
@@ -115,33 +122,75 @@ class SayCall : public std::enable_shared_from_this<SayCall> {
   const std::string& interaction_id() const { return interaction_id_; }
   std::chrono::steady_clock::time_point cancel_deadline;  // guarded by Client::mu_
 
- private:
+ protected:
+  template <typename C>
   struct Tag : Op {
-    SayCall* call;
-    void (SayCall::*fn)(bool);
-    Tag(SayCall* c, void (SayCall::*f)(bool)) : call(c), fn(f) {}
+    C* call;
+    void (C::*fn)(bool);
+    Tag(C* c, void (C::*f)(bool)) : call(c), fn(f) {}
     void Proceed(bool ok) override { (call->*fn)(ok); }
   };
+
+  Client* client_;
+  const int64_t id_;
+  const std::string interaction_id_;
+  grpc::ClientContext context_;
+  grpc::Status status_;
+  std::atomic<bool> final_queued_{false};  // a final event was queued
+  std::atomic<bool> cancel_requested_{false};
+  std::atomic<bool> finished_{false};
+};
+
+// One streamed reply.
+class SayCall : public StreamCall {
+ public:
+  SayCall(Client* client, int64_t id, std::string session_id, std::string interaction_id)
+      : StreamCall(client, id, std::move(interaction_id)), session_id_(std::move(session_id)) {}
+
+  void Start(const v1::SayRequest& request);
+
+ private:
   void OnStarted(bool ok);
   void OnRead(bool ok);
   void OnFinished(bool ok);
   Event MakeEvent(EventType type) const;
 
-  Client* client_;
-  const int64_t id_;
   const std::string session_id_;
-  const std::string interaction_id_;
-  grpc::ClientContext context_;
   std::unique_ptr<grpc::ClientAsyncReader<v1::SayEvent>> reader_;
   v1::SayEvent incoming_;
-  grpc::Status status_;
   std::string text_;            // deltas so far
-  std::atomic<bool> final_queued_{false};  // a done / error event was queued
-  std::atomic<bool> cancel_requested_{false};
-  std::atomic<bool> finished_{false};
-  Tag started_tag_{this, &SayCall::OnStarted};
-  Tag read_tag_{this, &SayCall::OnRead};
-  Tag finish_tag_{this, &SayCall::OnFinished};
+  Tag<SayCall> started_tag_{this, &SayCall::OnStarted};
+  Tag<SayCall> read_tag_{this, &SayCall::OnRead};
+  Tag<SayCall> finish_tag_{this, &SayCall::OnFinished};
+};
+
+// One SceneSay or SceneContinue: several members' lines (deltas, then one done per line), then
+// one scene-end event (or an error).
+class SceneCall : public StreamCall {
+ public:
+  SceneCall(Client* client, int64_t id, std::string scene_id, std::string interaction_id)
+      : StreamCall(client, id, std::move(interaction_id)), scene_id_(std::move(scene_id)) {}
+
+  void StartSay(const v1::SceneSayRequest& request);
+  void StartContinue(const v1::SceneContinueRequest& request);
+
+ private:
+  void OnStarted(bool ok);
+  void OnRead(bool ok);
+  void OnFinished(bool ok);
+  Event MakeEvent(EventType type) const;
+
+  const std::string scene_id_;
+  std::unique_ptr<grpc::ClientAsyncReader<v1::SceneEvent>> reader_;
+  v1::SceneEvent incoming_;
+  // The line being streamed (CQ thread only).
+  bool line_open_ = false;
+  std::string speaker_id_, speaker_, text_;
+  int32_t lines_ = 0;           // lines done
+  int32_t last_finish_ = 0;     // finish reason of the last line done
+  Tag<SceneCall> started_tag_{this, &SceneCall::OnStarted};
+  Tag<SceneCall> read_tag_{this, &SceneCall::OnRead};
+  Tag<SceneCall> finish_tag_{this, &SceneCall::OnFinished};
 };
 
 class Client {
@@ -157,9 +206,19 @@ class Client {
   grpc::Status Steer(const v1::SteerRequest& req, v1::Session* out);
   grpc::Status ExportSession(const std::string& session_id, v1::SessionSnapshot* out);
   grpc::Status ImportSession(const std::string& data, v1::Session* out);
+  grpc::Status CreateScene(const v1::CreateSceneRequest& req, v1::Scene* out);
+  grpc::Status GetScene(const v1::GetSceneRequest& req, v1::Scene* out);
+  grpc::Status DeleteScene(const std::string& scene_id);
+  grpc::Status JoinScene(const v1::JoinSceneRequest& req, v1::Scene* out);
+  grpc::Status LeaveScene(const v1::LeaveSceneRequest& req, v1::Scene* out);
+  grpc::Status ExportScene(const std::string& scene_id, v1::SceneSnapshot* out);
+  grpc::Status ImportScene(const std::string& data, v1::Scene* out);
 
   // Non-blocking.
   int64_t Say(const std::string& session_id, const std::string& text, const SayOptions& options);
+  // The request's interaction id is set here (the client's own, as for Say).
+  int64_t SceneSay(v1::SceneSayRequest request);
+  int64_t SceneContinue(v1::SceneContinueRequest request);
   bool Cancel(int64_t request_id);
   bool Poll(Event* out, int timeout_ms);
   int Pending();
@@ -172,7 +231,7 @@ class Client {
   // ~0.5 ms to the time to first token; a condition variable adds ~0.05 ms.)
   void Post(std::function<void()> task);
 
-  // Used by SayCall (CQ thread).
+  // Used by the stream calls (CQ thread).
   void Push(Event event);
   void CallFinished(int64_t id);
   void PrepareContext(grpc::ClientContext* ctx, int deadline_ms) const;
@@ -186,6 +245,7 @@ class Client {
   void CheckCancelDeadlines();
   void CancelOpDone(Op* op);
   void Dispatch();
+  int64_t Track(std::shared_ptr<StreamCall> call);  // registers a call before it starts
 
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -200,7 +260,7 @@ class Client {
   std::condition_variable events_cv_;   // an event was queued
   std::condition_variable drained_cv_;  // a call or cancel op finished (destroy waits)
   std::deque<Event> events_;
-  std::unordered_map<int64_t, std::shared_ptr<SayCall>> calls_;
+  std::unordered_map<int64_t, std::shared_ptr<StreamCall>> calls_;
   std::unordered_set<CancelOp*> cancel_ops_;
   int pending_ = 0;  // calls whose final event is not queued yet
   std::vector<std::function<void()>> tasks_;  // for the dispatch thread

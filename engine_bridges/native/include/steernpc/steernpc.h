@@ -9,11 +9,13 @@
  *   - Every function is thread-safe and may be called from any thread.
  *   - Each client owns one background thread that drives its gRPC completion queue (and one
  *     that starts calls, so that npc_say costs the caller microseconds). Streamed replies
- *     (npc_say) arrive on the completion-queue thread and are queued; the game thread collects
+ *     (npc_say, npc_scene_say, npc_scene_continue) arrive on the completion-queue thread and are queued; the game thread collects
  *     them with npc_poll(), typically once per frame. No callback ever runs on an engine
  *     thread: there are no callbacks at all.
- *   - npc_say, npc_cancel and npc_poll never block on the network.
- *   - The unary calls (npc_list_characters, npc_session_*, npc_steer) block the calling
+ *   - npc_say, npc_scene_say, npc_scene_continue, npc_cancel and npc_poll never block on the
+ *     network.
+ *   - The unary calls (npc_list_characters, npc_session_*, npc_steer, and the other npc_scene_*
+ *     calls) block the calling
  *     thread for at most the client's default deadline. Call them at load time, or from a
  *     worker thread if a frame hitch matters.
  *
@@ -27,7 +29,8 @@
  *
  * RESULTS
  *   Calls that return text or bytes (npc_list_characters, npc_session_create[_ex],
- *   npc_session_get, npc_session_export, npc_session_import) return an npc_result*: the caller
+ *   npc_session_get, npc_session_export, npc_session_import, npc_scene_create, npc_scene_get,
+ *   npc_scene_export, npc_scene_import) return an npc_result*: the caller
  *   owns it and frees it with npc_result_free. It holds the whole answer of ONE call, however
  *   long: there is no buffer to size and no call to repeat (each of these calls is one RPC).
  *   npc_result_status() is NPC_OK or the failure's status; npc_result_text() /
@@ -38,6 +41,15 @@
  *   Attribute vectors travel as "name:value,name:value" (whitespace ignored, '=' accepted for
  *   ':'), e.g. "humor:4,verbosity:1". NULL or "" means none. Applied attributes in a done event
  *   use the same form, sorted by name.
+ *
+ * SCENES
+ *   A scene is several NPCs (members) and the player in one conversation (README "Scenes").
+ *   npc_scene_say (the player's line) and npc_scene_continue (members answering each other) are
+ *   requests like npc_say, with one request id, cancelled with npc_cancel, but they stream
+ *   SEVERAL lines: for each speaking member, NPC_EVENT_DELTA events and then one NPC_EVENT_DONE,
+ *   both naming the speaker; then one NPC_EVENT_SCENE_END closes the request (or an
+ *   NPC_EVENT_ERROR, when the server failed it). npc_poll_ex gives the speaker (member id and
+ *   name) and the scene; npc_poll gives the rest, with session_id = the scene's id.
  *
  * RECONNECTION
  *   The client keeps one gRPC channel. When the server goes away, calls fail fast with
@@ -129,7 +141,13 @@ typedef enum npc_event_type {
     /** The reply finished: full text, finish_reason, applied attributes, usage. Last event. */
     NPC_EVENT_DONE = 2,
     /** The reply failed: status_code (gRPC code), text = message. Last event. */
-    NPC_EVENT_ERROR = 3
+    NPC_EVENT_ERROR = 3,
+    /** Scene requests only (npc_scene_say / npc_scene_continue): the request is over, after the
+     *  done of its last line. finish_reason: NPC_FINISH_CANCELLED when it was cancelled
+     *  (npc_cancel) or interrupted (a new npc_scene_say on the scene ends a running
+     *  npc_scene_continue), else NPC_FINISH_STOP. npc_event_ex.line = the lines it produced.
+     *  Last event. A session reply (npc_say) never has one: its done is its last event. */
+    NPC_EVENT_SCENE_END = 4
 } npc_event_type;
 
 /** Values of npc_event.finish_reason (steernpc.v1.FinishReason). */
@@ -160,9 +178,24 @@ typedef struct npc_event {
     int32_t text_len;            /* bytes in text, without the NUL */
     const char* text;            /* DELTA: the piece; DONE: full reply; ERROR: message */
     const char* attributes;      /* DONE: applied vector, "name:value,..." sorted by name */
-    const char* session_id;      /* the session the reply belongs to */
+    const char* session_id;      /* the session the reply belongs to (scene events: the scene) */
     const char* interaction_id;  /* the wire interaction id (what the server logs) */
 } npc_event;
+
+/**
+ * npc_event plus what a scene event carries (npc_poll_ex). The same rules as npc_event: strings
+ * owned by the library, never NULL, valid until the next poll by the same thread.
+ * For events of a session reply the scene fields are "" and line is 0.
+ */
+typedef struct npc_event_ex {
+    npc_event event;             /* exactly what npc_poll_wait would have written */
+    const char* scene_id;        /* the scene ("" for a session reply) */
+    const char* speaker_id;      /* DELTA / DONE: the member speaking this line */
+    const char* speaker;         /* DELTA / DONE: the name it speaks under (e.g. "Brom") */
+    int32_t line;                /* DELTA / DONE: 0-based index of the line within its request;
+                                    SCENE_END: the number of lines the request produced */
+    int32_t reserved;            /* 0 */
+} npc_event_ex;
 
 /** Per-reply options for npc_say_ex. Zero-initialise; 0 / NULL fields take server defaults. */
 typedef struct npc_say_options {
@@ -182,6 +215,27 @@ typedef struct npc_session_options {
     const char* attributes;      /* optional session-level steer, "name:value,..." */
     const char* player_name;     /* optional */
 } npc_session_options;
+
+/** One scene member (npc_scene_create, npc_scene_join). Zero-initialise; character_id is
+ *  required. */
+typedef struct npc_scene_member {
+    const char* character_id;
+    const char* member_id;       /* optional: the character id */
+    const char* name;            /* optional: the character's name */
+    const char* mood;            /* optional */
+    const char* attributes;      /* optional member-level steer, "name:value,..." */
+} npc_scene_member;
+
+/** Options for npc_scene_create. Zero-initialise; everything is optional. */
+typedef struct npc_scene_options {
+    const char* scene_id;        /* client-chosen id; NULL/"" = the server picks one */
+    const char* player_name;
+    /** Game context shown to every member: "key=value" items, one per line ('\n'). */
+    const char* context;
+    uint64_t seed;               /* the speaking policy's tie-break seed; 0 = random */
+    const npc_scene_member* members;  /* initial members (may be NULL when member_count = 0) */
+    int32_t member_count;
+} npc_scene_options;
 
 /** Channel connectivity, as grpc_connectivity_state. */
 typedef enum npc_client_state_t {
@@ -309,8 +363,64 @@ NPC_API int32_t npc_poll(npc_client* client, npc_event* out);
  *  use npc_poll). */
 NPC_API int32_t npc_poll_wait(npc_client* client, npc_event* out, int32_t timeout_ms);
 
-/** Number of replies in flight (started, final event not yet queued). */
+/** Number of replies in flight (started, final event not yet queued). Scene requests count
+ *  until their NPC_EVENT_SCENE_END (or error). */
 NPC_API int32_t npc_pending(npc_client* client);
+
+/** npc_poll_wait that also gives the scene fields (npc_event_ex). timeout_ms = 0: never blocks
+ *  (what a game loop calls once a frame). 1 = an event, 0 = none, negative = bad arguments. */
+NPC_API int32_t npc_poll_ex(npc_client* client, npc_event_ex* out, int32_t timeout_ms);
+
+/* ---------------------------------------------------------------------------------------- */
+/* Scenes: several NPCs in one conversation (see SCENES at the top)                          */
+/* Blocking calls use the default deadline and make one RPC each. Statuses: an unknown scene  */
+/* or member is NPC_NOT_FOUND; a scene without members (or banter with fewer than two) is     */
+/* NPC_FAILED_PRECONDITION; a bad vector is NPC_INVALID_ARGUMENT naming the member and field. */
+
+/** Create a scene; the result is its id. */
+NPC_API npc_result* npc_scene_create(npc_client* client, const npc_scene_options* options);
+
+/** The scene as JSON (steernpc.v1.Scene: scene_id, player_name, members [member_id,
+ *  character_id, name, mood, attributes, lines], lines, last_speaker_id, seed; with
+ *  include_transcript = 1 also transcript [speaker_id, speaker, text]). */
+NPC_API npc_result* npc_scene_get(npc_client* client, const char* scene_id, int32_t include_transcript);
+
+/** Delete a scene (a running line of it stops). 0 on success. */
+NPC_API int32_t npc_scene_delete(npc_client* client, const char* scene_id);
+
+/** Add a member mid-scene (it hears the lines from now on). 0 on success; NPC_ALREADY_EXISTS
+ *  for a member id already present, NPC_FAILED_PRECONDITION when the scene is full. */
+NPC_API int32_t npc_scene_join(npc_client* client, const char* scene_id, const npc_scene_member* member);
+
+/** A member leaves (its lines stay in the transcript). 0 on success. */
+NPC_API int32_t npc_scene_leave(npc_client* client, const char* scene_id, const char* member_id);
+
+/** Steer one member for the rest of the scene, as npc_steer_ex does a session. 0 on success. */
+NPC_API int32_t npc_scene_steer(npc_client* client, const char* scene_id, const char* member_id,
+                                const char* mood, const char* attributes, int32_t clear);
+
+/** The player says `text` to the scene. member_ids: the members addressed, in answer order,
+ *  "brom,marta" (NULL/"" = the speaking policy picks: a name in the text, else the last
+ *  speaker, else the seeded tie-break). options (may be NULL): options->attributes apply to the
+ *  responders' lines only. Returns the request id (> 0) or -NPC_INVALID_ARGUMENT; failures on
+ *  the server (unknown scene or member, empty scene) arrive as an NPC_EVENT_ERROR event. A
+ *  running npc_scene_continue of the scene ends (cancelled) before the answer. Non-blocking. */
+NPC_API npc_request_id npc_scene_say(npc_client* client, const char* scene_id, const char* text,
+                                     const char* member_ids, const npc_say_options* options);
+
+/** Up to `turns` (1..32) lines of members answering each other (ambient banter). options may be
+ *  NULL; options->attributes must be NULL (banter lines use each member's own vector).
+ *  npc_cancel ends it at the next step: the running line ends cancelled, no other starts.
+ *  Non-blocking; returns the request id or -NPC_INVALID_ARGUMENT. */
+NPC_API npc_request_id npc_scene_continue(npc_client* client, const char* scene_id, int32_t turns,
+                                          const npc_say_options* options);
+
+/** Snapshot a scene (versioned msgpack, for save games): npc_result_data / npc_result_size. */
+NPC_API npc_result* npc_scene_export(npc_client* client, const char* scene_id);
+
+/** Restore a scene snapshot (an old single-session snapshot becomes a one-member scene); the
+ *  result is the scene's id. An existing scene with that id is replaced. */
+NPC_API npc_result* npc_scene_import(npc_client* client, const uint8_t* data, size_t len);
 
 #ifdef __cplusplus
 } /* extern "C" */
