@@ -13,6 +13,7 @@
 // Uses only the C ABI, as an engine would. No test framework: CHECK prints file:line and exits 1.
 #include <steernpc/steernpc.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -46,6 +47,11 @@ static_assert(sizeof(void*) != 8 || offsetof(npc_event, text) == 40, "npc_event 
 static_assert(sizeof(void*) != 8 || offsetof(npc_event, interaction_id) == 64, "npc_event layout changed");
 static_assert(sizeof(void*) != 8 || sizeof(npc_say_options) == 32, "npc_say_options layout changed");
 static_assert(sizeof(void*) != 8 || sizeof(npc_client_options) == 48, "npc_client_options layout changed");
+static_assert(offsetof(npc_event_ex, event) == 0, "npc_event_ex starts with an npc_event");
+static_assert(sizeof(void*) != 8 || sizeof(npc_event_ex) == 104, "npc_event_ex layout changed");
+static_assert(sizeof(void*) != 8 || offsetof(npc_event_ex, line) == 96, "npc_event_ex layout changed");
+static_assert(sizeof(void*) != 8 || sizeof(npc_scene_member) == 40, "npc_scene_member layout changed");
+static_assert(sizeof(void*) != 8 || sizeof(npc_scene_options) == 48, "npc_scene_options layout changed");
 
 #define CHECK(cond)                                                                      \
   do {                                                                                   \
@@ -784,6 +790,456 @@ void TestLongResultsOneRpcEach() {
               characters.size(), session.size(), json.size(), snapshot.size());
 }
 
+// ---- scenes ------------------------------------------------------------------------------------
+// A 3-member scene (brom, marta, lysander) of the sample personas, the player "Ayla". Replies come
+// from a random-weight model: the cases check structure (who speaks, events, statuses), never
+// wording.
+
+const char* const kTrio[] = {"brom", "marta", "lysander"};
+
+std::string UniqueId(const std::string& what) {
+  return "native-" + what + "-" + std::to_string(getpid_portable()) + "-" +
+         std::to_string(std::chrono::steady_clock::now().time_since_epoch().count() % 1000000000);
+}
+
+std::string CreateTrio(npc_client* c, const std::string& what) {
+  npc_scene_member members[3] = {};
+  for (int i = 0; i < 3; ++i) members[i].character_id = kTrio[i];
+  npc_scene_options o{};
+  std::string id = UniqueId(what);
+  o.scene_id = id.c_str();
+  o.player_name = "Ayla";
+  o.context = "place=The Rusty Tankard\nhour = late evening";
+  o.seed = 11;
+  o.members = members;
+  o.member_count = 3;
+  CHECK_EQ(Ok(npc_scene_create(c, &o)), id);
+  return id;
+}
+
+// One member's line within a scene request.
+struct SceneLine {
+  std::string speaker_id, speaker, deltas, text, attributes;
+  int delta_count = 0;
+  int finish_reason = 0;
+  int index = -1;
+};
+
+// Everything one scene request produced.
+struct SceneReply {
+  int64_t id = 0;
+  std::vector<SceneLine> lines;
+  int final_type = NPC_EVENT_NONE;
+  int finish_reason = 0;  // SCENE_END
+  int end_lines = -1;     // SCENE_END: npc_event_ex.line
+  int status_code = 0;    // ERROR
+  std::string message;    // ERROR
+  std::vector<std::string> speakers() const {
+    std::vector<std::string> out;
+    for (auto& l : lines) out.push_back(l.speaker_id);
+    return out;
+  }
+};
+
+std::string Show(const std::vector<std::string>& v) {
+  std::string s = "[";
+  for (auto& x : v) s += (s.size() > 1 ? "," : "") + x;
+  return s + "]";
+}
+
+// Poll (npc_poll_ex) until scene request `id` ends; checks what every scene event promises on
+// the way: the speaker on each delta and done, deltas that add up to the done, lines numbered in
+// order, and the scene's id in both scene_id and session_id.
+SceneReply CollectScene(npc_client* c, int64_t id, const std::string& scene, int timeout_ms = 120000,
+                        const std::function<void(const SceneReply&, const SceneLine&)>& on_delta = nullptr) {
+  SceneReply r;
+  r.id = id;
+  SceneLine open;
+  auto start = Clock::now();
+  while (MsSince(start) < timeout_ms) {
+    npc_event_ex x;
+    int got = npc_poll_ex(c, &x, 100);
+    CHECK(got >= 0);
+    if (got == 0) continue;
+    const npc_event& e = x.event;
+    CHECK_EQ(e.request_id, id);
+    CHECK(x.scene_id && x.speaker_id && x.speaker && e.text && e.session_id);
+    CHECK_EQ(std::string(x.scene_id), scene);
+    CHECK_EQ(std::string(e.session_id), scene);
+    CHECK_EQ(x.reserved, 0);
+    if (e.type == NPC_EVENT_DELTA || e.type == NPC_EVENT_DONE) {
+      CHECK(x.speaker_id[0] != '\0' && x.speaker[0] != '\0');
+      CHECK_EQ(x.line, static_cast<int32_t>(r.lines.size()));
+      if (open.index < 0) {
+        open = SceneLine();
+        open.index = x.line;
+        open.speaker_id = x.speaker_id;
+        open.speaker = x.speaker;
+      }
+      CHECK_EQ(std::string(x.speaker_id), open.speaker_id);  // a line has one speaker
+      CHECK_EQ(std::string(x.speaker), open.speaker);
+    }
+    if (e.type == NPC_EVENT_DELTA) {
+      open.deltas.append(e.text, e.text_len);
+      ++open.delta_count;
+      if (on_delta) on_delta(r, open);
+      continue;
+    }
+    if (e.type == NPC_EVENT_DONE) {
+      open.text = e.text;
+      open.finish_reason = e.finish_reason;
+      open.attributes = e.attributes;
+      CHECK_EQ(open.deltas, open.text);  // the deltas add up to the done text
+      r.lines.push_back(open);
+      open = SceneLine();
+      continue;
+    }
+    CHECK(open.index < 0);  // no line is left open at the end
+    r.final_type = e.type;
+    if (e.type == NPC_EVENT_SCENE_END) {
+      CHECK_EQ(std::string(x.speaker_id), std::string());
+      r.finish_reason = e.finish_reason;
+      r.end_lines = x.line;
+      CHECK_EQ(r.end_lines, static_cast<int>(r.lines.size()));
+    } else {
+      CHECK_EQ(e.type, static_cast<int32_t>(NPC_EVENT_ERROR));
+      r.status_code = e.status_code;
+      r.message = e.text;
+    }
+    return r;
+  }
+  std::fprintf(stderr, "no end event for scene request %lld within %d ms\n", (long long)id, timeout_ms);
+  std::exit(1);
+}
+
+npc_say_options Short() {
+  npc_say_options o{};
+  o.max_new_tokens = 6;
+  o.seed = 5;
+  return o;
+}
+
+SceneReply SceneSay(npc_client* c, const std::string& scene, const char* text, const char* ids = nullptr) {
+  npc_say_options o = Short();
+  npc_request_id id = npc_scene_say(c, scene.c_str(), text, ids, &o);
+  CHECK(id > 0);
+  return CollectScene(c, id, scene);
+}
+
+void ExpectEnd(const SceneReply& r, int finish = NPC_FINISH_STOP) {
+  if (r.final_type != NPC_EVENT_SCENE_END)
+    std::fprintf(stderr, "expected scene end, got type %d code %d: %s\n", r.final_type, r.status_code, r.message.c_str());
+  CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_SCENE_END));
+  CHECK_EQ(r.finish_reason, finish);
+}
+
+// The speaker ids of the scene's transcript, in order (GetScene with the transcript).
+std::vector<std::string> TranscriptSpeakers(const std::string& json) {
+  std::vector<std::string> out;
+  size_t pos = json.find("\"transcript\":[");
+  CHECK(pos != std::string::npos);
+  const std::string key = "\"speaker_id\":\"";
+  while ((pos = json.find(key, pos)) != std::string::npos) {
+    size_t end = json.find('"', pos + key.size());
+    out.push_back(json.substr(pos + key.size(), end - pos - key.size()));
+    pos = end;
+  }
+  return out;
+}
+
+// The member ids of a Scene JSON, in order.
+std::vector<std::string> Members(const std::string& json) {
+  std::vector<std::string> out;
+  const std::string key = "\"member_id\":\"";
+  size_t pos = 0;
+  while ((pos = json.find(key, pos)) != std::string::npos) {
+    size_t end = json.find('"', pos + key.size());
+    out.push_back(json.substr(pos + key.size(), end - pos - key.size()));
+    pos = end;
+  }
+  return out;
+}
+
+// The JSON with every "attributes" object's keys sorted (maps have no order on the wire).
+std::string SortedAttrs(std::string json) {
+  const std::string key = "\"attributes\":{";
+  size_t pos = 0;
+  while ((pos = json.find(key, pos)) != std::string::npos) {
+    size_t open = pos + key.size(), close = json.find('}', open);
+    std::string body = json.substr(open, close - open);
+    std::vector<std::string> items;
+    size_t p = 0;
+    while (p < body.size()) {
+      size_t comma = body.find(',', p);
+      if (comma == std::string::npos) comma = body.size();
+      items.push_back(body.substr(p, comma - p));
+      p = comma + 1;
+    }
+    std::sort(items.begin(), items.end());
+    std::string sorted;
+    for (auto& item : items) sorted += (sorted.empty() ? "" : ",") + item;
+    json.replace(open, close - open, sorted);
+    pos = open;
+  }
+  return json;
+}
+
+std::string SceneJson(npc_client* c, const std::string& scene, bool transcript = false) {
+  return Ok(npc_scene_get(c, scene.c_str(), transcript ? 1 : 0));
+}
+
+void TestSceneAddressing() {
+  ClientPtr c(NewClient());
+  // Local argument checks.
+  CHECK_EQ(npc_scene_say(c, nullptr, "hi", nullptr, nullptr), static_cast<int64_t>(-NPC_INVALID_ARGUMENT));
+  CHECK_EQ(npc_scene_say(c, "s", "hi", "brom,,marta", nullptr), static_cast<int64_t>(-NPC_INVALID_ARGUMENT));
+  CHECK(std::strstr(npc_last_error(), "member_ids") != nullptr);
+  {
+    npc_scene_member bad{};
+    npc_scene_options o{};
+    o.members = &bad;
+    o.member_count = 1;
+    Result r(npc_scene_create(c, &o));
+    CHECK_EQ(r.status(), static_cast<int32_t>(NPC_INVALID_ARGUMENT));
+    CHECK(std::strstr(r.c_str(), "members[0].character_id") != nullptr);
+    o.member_count = 0;
+    o.context = "no equals sign here";
+    Result r2(npc_scene_create(c, &o));
+    CHECK_EQ(r2.status(), static_cast<int32_t>(NPC_INVALID_ARGUMENT));
+    CHECK(std::strstr(r2.c_str(), "context line 1") != nullptr);
+  }
+  CHECK_EQ(Result(npc_scene_get(c, "no-such-scene", 0)).status(), static_cast<int32_t>(NPC_NOT_FOUND));
+
+  std::string scene = CreateTrio(c, "address");
+  std::string json = SceneJson(c, scene);
+  CHECK_EQ(Show(Members(json)), Show(std::vector<std::string>{"brom", "marta", "lysander"}));
+  CHECK(json.find("\"name\":\"Brom Ironhand\"") != std::string::npos);
+  CHECK(json.find("\"player_name\":\"Ayla\"") != std::string::npos);
+
+  // By name in the text.
+  SceneReply r = SceneSay(c, scene, "Brom, what do you think?");
+  ExpectEnd(r);
+  CHECK_EQ(Show(r.speakers()), Show(std::vector<std::string>{"brom"}));
+  CHECK_EQ(r.lines[0].speaker, std::string("Brom Ironhand"));
+  CHECK(r.lines[0].finish_reason == NPC_FINISH_STOP || r.lines[0].finish_reason == NPC_FINISH_LENGTH);
+  CHECK(ParseAttrs(r.lines[0].attributes).count("humor") == 1);
+  CHECK_EQ(npc_pending(c), 0);
+  // By id: one done per speaking member, in the order addressed.
+  r = SceneSay(c, scene, "And you two?", " lysander , marta ");
+  ExpectEnd(r);
+  CHECK_EQ(Show(r.speakers()), Show(std::vector<std::string>{"lysander", "marta"}));
+  CHECK_EQ(r.lines[0].speaker, std::string("Lysander Quill"));
+  CHECK_EQ(r.lines[1].speaker, std::string("Marta Greenhollow"));
+  // Nobody addressed: the last member who spoke.
+  r = SceneSay(c, scene, "Hm. Go on.");
+  ExpectEnd(r);
+  CHECK_EQ(Show(r.speakers()), Show(std::vector<std::string>{"marta"}));
+  CHECK_EQ(Show(TranscriptSpeakers(SceneJson(c, scene, true))),
+           Show(std::vector<std::string>{"player", "brom", "player", "lysander", "marta", "player", "marta"}));
+  // An unknown member is NOT_FOUND (as an error event: the call itself never blocks).
+  r = SceneSay(c, scene, "Hello?", "nobody");
+  CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_ERROR));
+  CHECK_EQ(r.status_code, static_cast<int>(NPC_NOT_FOUND));
+  CHECK(r.message.find("nobody") != std::string::npos);
+  r = SceneSay(c, UniqueId("missing"), "Hello?");
+  CHECK_EQ(r.status_code, static_cast<int>(NPC_NOT_FOUND));
+  CHECK_EQ(npc_pending(c), 0);
+  CHECK_EQ(npc_scene_delete(c, scene.c_str()), 0);
+  CHECK_EQ(npc_scene_delete(c, scene.c_str()), -NPC_NOT_FOUND);
+}
+
+void TestSceneBanter() {
+  ClientPtr c(NewClient());
+  std::string scene = CreateTrio(c, "banter");
+  ExpectEnd(SceneSay(c, scene, "Brom, tell Marta about the sword."));
+  npc_say_options o = Short();
+  CHECK_EQ(npc_scene_continue(c, scene.c_str(), 0, &o), static_cast<int64_t>(-NPC_INVALID_ARGUMENT));
+  CHECK(std::strstr(npc_last_error(), "turns = 0") != nullptr);
+  npc_say_options with_attrs = Short();
+  with_attrs.attributes = "humor:4";
+  CHECK_EQ(npc_scene_continue(c, scene.c_str(), 2, &with_attrs), static_cast<int64_t>(-NPC_INVALID_ARGUMENT));
+  npc_request_id id = npc_scene_continue(c, scene.c_str(), 3, &o);
+  CHECK(id > 0);
+  CHECK_EQ(npc_pending(c), 1);
+  SceneReply r = CollectScene(c, id, scene);
+  ExpectEnd(r);
+  CHECK_EQ(r.end_lines, 3);
+  std::vector<std::string> speakers = r.speakers();
+  // never the member who spoke last; Marta first (the player's line named her too)
+  CHECK_EQ(speakers[0], std::string("marta"));
+  CHECK(speakers[0] != "brom" && speakers[1] != speakers[0] && speakers[2] != speakers[1]);
+  CHECK_EQ(npc_pending(c), 0);
+  std::vector<std::string> transcript = TranscriptSpeakers(SceneJson(c, scene, true));
+  CHECK_EQ(transcript.size(), static_cast<size_t>(5));
+  CHECK_EQ(Show(std::vector<std::string>(transcript.begin() + 2, transcript.end())), Show(speakers));
+  // Banter needs two members: FAILED_PRECONDITION.
+  npc_scene_options lone{};
+  npc_scene_member brom{};
+  brom.character_id = "brom";
+  std::string lone_id = UniqueId("lone");
+  lone.scene_id = lone_id.c_str();
+  lone.members = &brom;
+  lone.member_count = 1;
+  CHECK_EQ(Ok(npc_scene_create(c, &lone)), lone_id);
+  r = CollectScene(c, npc_scene_continue(c, lone_id.c_str(), 2, &o), lone_id);
+  CHECK_EQ(r.final_type, static_cast<int>(NPC_EVENT_ERROR));
+  CHECK_EQ(r.status_code, static_cast<int>(NPC_FAILED_PRECONDITION));
+  std::printf("banter: %s %s %s\n", speakers[0].c_str(), speakers[1].c_str(), speakers[2].c_str());
+}
+
+npc_say_options Long() {
+  npc_say_options o{};
+  o.max_new_tokens = 4000;  // still running when cancelled
+  o.temperature = 1.0f;
+  o.seed = 3;
+  return o;
+}
+
+void TestSceneCancelMidBanter() {
+  ClientPtr c(NewClient());
+  std::string scene = CreateTrio(c, "cancel");
+  npc_say_options o = Long();
+  npc_request_id id = npc_scene_continue(c, scene.c_str(), 5, &o);
+  CHECK(id > 0);
+  bool cancelled = false;
+  SceneReply r = CollectScene(c, id, scene, 120000, [&](const SceneReply&, const SceneLine& line) {
+    if (!cancelled && line.delta_count >= 3) {
+      CHECK_EQ(npc_cancel(c, id), 0);
+      CHECK_EQ(npc_cancel(c, id), 0);  // asking twice is fine
+      cancelled = true;
+    }
+  });
+  CHECK(cancelled);
+  ExpectEnd(r, NPC_FINISH_CANCELLED);
+  CHECK(r.lines.size() >= 1 && r.lines.size() < 5);  // no line started after the cancel
+  CHECK_EQ(r.lines.back().finish_reason, static_cast<int>(NPC_FINISH_CANCELLED));
+  CHECK_EQ(npc_cancel(c, id), -NPC_NOT_FOUND);
+  CHECK_EQ(npc_pending(c), 0);
+  // The partial line was heard: it is in the transcript.
+  CHECK(!r.lines.back().text.empty());
+  CHECK_EQ(Show(TranscriptSpeakers(SceneJson(c, scene, true))), Show(r.speakers()));
+
+  // A new player line interrupts a running banter, then answers.
+  id = npc_scene_continue(c, scene.c_str(), 5, &o);
+  CHECK(id > 0);
+  // Wait for the banter's first delta, so that it is running when the player speaks.
+  npc_event_ex x;
+  for (;;) {
+    int got = npc_poll_ex(c, &x, 100);
+    CHECK(got >= 0);
+    if (got == 1) break;
+  }
+  CHECK_EQ(x.event.request_id, id);
+  CHECK_EQ(x.event.type, static_cast<int32_t>(NPC_EVENT_DELTA));
+  std::string first_speaker = x.speaker_id;
+  std::string first_delta(x.event.text, x.event.text_len);
+  npc_say_options s = Short();
+  npc_request_id say = npc_scene_say(c, scene.c_str(), "Enough! Lysander, a word.", nullptr, &s);
+  CHECK(say > id);
+  // Both requests' events interleave in the one queue: sort them by request id.
+  std::vector<SceneLine> banter, answer;
+  SceneLine open_banter, open_answer;
+  open_banter.speaker_id = first_speaker;
+  open_banter.deltas = first_delta;
+  int banter_end = -1, answer_end = -1;
+  auto start = Clock::now();
+  while ((banter_end < 0 || answer_end < 0) && MsSince(start) < 120000) {
+    int got = npc_poll_ex(c, &x, 100);
+    CHECK(got >= 0);
+    if (got == 0) continue;
+    bool is_banter = x.event.request_id == id;
+    CHECK(is_banter || x.event.request_id == say);
+    SceneLine& open = is_banter ? open_banter : open_answer;
+    if (x.event.type == NPC_EVENT_DELTA) {
+      open.speaker_id = x.speaker_id;
+      open.deltas.append(x.event.text, x.event.text_len);
+    } else if (x.event.type == NPC_EVENT_DONE) {
+      open.speaker_id = x.speaker_id;
+      open.finish_reason = x.event.finish_reason;
+      (is_banter ? banter : answer).push_back(open);
+      open = SceneLine();
+    } else {
+      CHECK_EQ(x.event.type, static_cast<int32_t>(NPC_EVENT_SCENE_END));
+      (is_banter ? banter_end : answer_end) = x.event.finish_reason;
+    }
+  }
+  CHECK_EQ(banter_end, static_cast<int>(NPC_FINISH_CANCELLED));
+  CHECK_EQ(banter.size(), static_cast<size_t>(1));
+  CHECK_EQ(banter[0].finish_reason, static_cast<int>(NPC_FINISH_CANCELLED));
+  CHECK_EQ(answer_end, static_cast<int>(NPC_FINISH_STOP));
+  CHECK_EQ(answer.size(), static_cast<size_t>(1));
+  CHECK_EQ(answer[0].speaker_id, std::string("lysander"));
+  std::vector<std::string> transcript = TranscriptSpeakers(SceneJson(c, scene, true));
+  CHECK_EQ(Show(std::vector<std::string>(transcript.end() - 2, transcript.end())),
+           Show(std::vector<std::string>{"player", "lysander"}));
+  CHECK_EQ(npc_pending(c), 0);
+}
+
+void TestSceneJoinLeave() {
+  ClientPtr c(NewClient());
+  std::string scene = CreateTrio(c, "door");
+  npc_scene_member pip{};
+  pip.character_id = "pip";
+  CHECK_EQ(npc_scene_join(c, scene.c_str(), &pip), 0);
+  CHECK_EQ(Show(Members(SceneJson(c, scene))), Show(std::vector<std::string>{"brom", "marta", "lysander", "pip"}));
+  CHECK_EQ(npc_scene_join(c, scene.c_str(), &pip), -NPC_ALREADY_EXISTS);
+  npc_scene_member nobody{};
+  CHECK_EQ(npc_scene_join(c, scene.c_str(), &nobody), -NPC_INVALID_ARGUMENT);
+  CHECK(std::strstr(npc_last_error(), "member.character_id") != nullptr);
+  npc_scene_member bad = pip;
+  bad.member_id = "pip2";
+  bad.attributes = "humor:9";
+  CHECK_EQ(npc_scene_join(c, scene.c_str(), &bad), -NPC_INVALID_ARGUMENT);
+  CHECK(std::strstr(npc_last_error(), "humor = 9") != nullptr);
+  CHECK_EQ(npc_scene_leave(c, scene.c_str(), "marta"), 0);
+  CHECK_EQ(Show(Members(SceneJson(c, scene))), Show(std::vector<std::string>{"brom", "lysander", "pip"}));
+  CHECK_EQ(npc_scene_leave(c, scene.c_str(), "marta"), -NPC_NOT_FOUND);
+  SceneReply r = SceneSay(c, scene, "Marta?", "marta");
+  CHECK_EQ(r.status_code, static_cast<int>(NPC_NOT_FOUND));
+  CHECK(r.message.find("marta") != std::string::npos);
+  r = SceneSay(c, scene, "Pip, hello!");
+  ExpectEnd(r);
+  CHECK_EQ(Show(r.speakers()), Show(std::vector<std::string>{"pip"}));
+  CHECK_EQ(r.lines[0].speaker, std::string("Pip Greenhollow"));
+  // Steering a member: the field named; an unknown member NOT_FOUND.
+  CHECK_EQ(npc_scene_steer(c, scene.c_str(), "brom", nullptr, "humor:9", 0), -NPC_INVALID_ARGUMENT);
+  CHECK(std::strstr(npc_last_error(), "member 'brom'") != nullptr);
+  CHECK_EQ(npc_scene_steer(c, scene.c_str(), "marta", Mood().c_str(), nullptr, 0), -NPC_NOT_FOUND);
+}
+
+void TestSceneExportImport() {
+  ClientPtr c(NewClient());
+  std::string scene = CreateTrio(c, "save");
+  CHECK_EQ(npc_scene_steer(c, scene.c_str(), "lysander", nullptr, "humor:4", 0), 0);
+  ExpectEnd(SceneSay(c, scene, "Evening!", "brom,marta"));
+  CHECK_EQ(npc_scene_leave(c, scene.c_str(), "marta"), 0);
+  std::string before = SceneJson(c, scene, true);
+  std::string data = Ok(npc_scene_export(c, scene.c_str()));
+  CHECK(!data.empty());
+  CHECK_EQ(npc_scene_delete(c, scene.c_str()), 0);
+  CHECK_EQ(Result(npc_scene_get(c, scene.c_str(), 0)).status(), static_cast<int32_t>(NPC_NOT_FOUND));
+  std::string id = Ok(npc_scene_import(c, reinterpret_cast<const uint8_t*>(data.data()), data.size()));
+  CHECK_EQ(id, scene);
+  CHECK_EQ(SortedAttrs(SceneJson(c, scene, true)), SortedAttrs(before));
+  CHECK_EQ(Show(TranscriptSpeakers(before)), Show(std::vector<std::string>{"player", "brom", "marta"}));
+  CHECK_EQ(Show(Members(before)), Show(std::vector<std::string>{"brom", "lysander"}));
+  CHECK(Ok(npc_scene_export(c, scene.c_str())) == data);
+  // It goes on, the steer kept.
+  SceneReply r = SceneSay(c, scene, "Lysander?");
+  ExpectEnd(r);
+  CHECK_EQ(Show(r.speakers()), Show(std::vector<std::string>{"lysander"}));
+  CHECK_EQ(ParseAttrs(r.lines[0].attributes)["humor"], 4);
+  // A single-session save imports as a one-member scene.
+  std::string session = CreateSession(c, "brom");
+  ExpectDone(SayAndCollect(c, session, "Fix my sword?"));
+  std::string old = Ok(npc_session_export(c, session.c_str()));
+  CHECK_EQ(Ok(npc_scene_import(c, reinterpret_cast<const uint8_t*>(old.data()), old.size())), session);
+  CHECK_EQ(Show(Members(SceneJson(c, session))), Show(std::vector<std::string>{"brom"}));
+  const uint8_t junk[] = {1, 2, 3};
+  CHECK_EQ(Result(npc_scene_import(c, junk, sizeof junk)).status(), static_cast<int32_t>(NPC_INVALID_ARGUMENT));
+  std::printf("scene snapshot %zu bytes\n", data.size());
+}
+
 struct Case {
   const char* name;
   void (*fn)();
@@ -806,6 +1262,11 @@ const Case kCases[] = {
     {"server_down_unavailable", TestServerDown},
     {"reconnect_after_restart", TestReconnect},
     {"long_results_one_rpc_each", TestLongResultsOneRpcEach},
+    {"scene_addressing", TestSceneAddressing},
+    {"scene_banter", TestSceneBanter},
+    {"scene_cancel_mid_banter", TestSceneCancelMidBanter},
+    {"scene_join_leave", TestSceneJoinLeave},
+    {"scene_export_import", TestSceneExportImport},
 };
 
 // Cases that need the harness (a server to stop and restart, or the counting server): run by

@@ -56,6 +56,41 @@ namespace SteerNpc
             public IntPtr interactionId;
         }
 
+        // Layout of npc_event_ex (104 bytes on 64-bit): npc_event, then the scene fields.
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct EventEx
+        {
+            public Event ev;
+            public IntPtr sceneId;
+            public IntPtr speakerId;
+            public IntPtr speaker;
+            public int line;
+            public int reserved;
+        }
+
+        // Layout of npc_scene_member (40 bytes on 64-bit).
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct SceneMember
+        {
+            public IntPtr characterId;
+            public IntPtr memberId;
+            public IntPtr name;
+            public IntPtr mood;
+            public IntPtr attributes;
+        }
+
+        // Layout of npc_scene_options (48 bytes on 64-bit).
+        [StructLayout(LayoutKind.Sequential)]
+        internal struct SceneOptions
+        {
+            public IntPtr sceneId;
+            public IntPtr playerName;
+            public IntPtr context;
+            public ulong seed;
+            public IntPtr members;  // npc_scene_member[memberCount]
+            public int memberCount;
+        }
+
         // Layout of npc_say_options (32 bytes on 64-bit).
         [StructLayout(LayoutKind.Sequential)]
         internal struct SayOptions
@@ -147,6 +182,41 @@ namespace SteerNpc
 
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
         internal static extern int npc_pending(ClientHandle client);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int npc_poll_ex(ClientHandle client, out EventEx ev, int timeoutMs);
+
+        // ---- scenes ----
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern ResultHandle npc_scene_create(ClientHandle client, ref SceneOptions options);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern ResultHandle npc_scene_get(ClientHandle client, byte[] sceneId, int includeTranscript);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int npc_scene_delete(ClientHandle client, byte[] sceneId);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int npc_scene_join(ClientHandle client, byte[] sceneId, ref SceneMember member);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int npc_scene_leave(ClientHandle client, byte[] sceneId, byte[] memberId);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern int npc_scene_steer(ClientHandle client, byte[] sceneId, byte[] memberId, byte[] mood, byte[] attributes, int clear);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern long npc_scene_say(ClientHandle client, byte[] sceneId, byte[] text, byte[] memberIds, ref SayOptions options);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern long npc_scene_continue(ClientHandle client, byte[] sceneId, int turns, ref SayOptions options);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern ResultHandle npc_scene_export(ClientHandle client, byte[] sceneId);
+
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        internal static extern ResultHandle npc_scene_import(ClientHandle client, byte[] data, UIntPtr len);
     }
 
     /// <summary>Owns an npc_client*; npc_client_destroy runs exactly once, even from the finalizer.</summary>
@@ -230,6 +300,18 @@ namespace SteerNpc
             IntPtr p = Marshal.AllocHGlobal(bytes.Length);
             Marshal.Copy(bytes, 0, p, bytes.Length);
             _allocated.Add(p);
+            return p;
+        }
+
+        /// <summary>An unmanaged copy of a blittable struct array (for pointer fields such as
+        /// npc_scene_options.members); freed on Dispose.</summary>
+        public IntPtr AddArray<T>(T[] items) where T : struct
+        {
+            if (items == null || items.Length == 0) return IntPtr.Zero;
+            int size = Marshal.SizeOf(typeof(T));
+            IntPtr p = Marshal.AllocHGlobal(size * items.Length);
+            _allocated.Add(p);
+            for (int i = 0; i < items.Length; i++) Marshal.StructureToPtr(items[i], new IntPtr(p.ToInt64() + i * size), false);
             return p;
         }
 
