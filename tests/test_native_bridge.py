@@ -317,11 +317,15 @@ def test_header_compiles_as_c_and_links(native_build, tmp_path):
 
 def test_native_core(native_build, npc_server):
     """list, sessions, streamed say, steer, overrides, cancel, NOT_FOUND, UNAUTHENTICATED,
-    INVALID_ARGUMENT, export/import, 32 parallel sessions on 4 threads."""
+    INVALID_ARGUMENT, export/import, 32 parallel sessions on 4 threads; a 3-member scene:
+    addressing, banter, cancel mid-banter, a new line interrupting banter, join/leave,
+    export/import (scene_* cases)."""
     proc, out = run_ctest(native_build, npc_server, ["-LE", "restart", "-j", "2"])
     assert proc.returncode == 0, f"ctest failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
     assert "***Skipped" not in out and "Not Run" not in out, out
     assert "100% tests passed" in out
+    for case in ("scene_addressing", "scene_banter", "scene_cancel_mid_banter", "scene_join_leave", "scene_export_import"):
+        assert f" {case} " in out and "Passed" in out.split(f" {case} ", 1)[1].split("\n", 1)[0], f"{case} did not pass:\n{out[-4000:]}"
 
 
 def test_native_results_one_rpc_each(native_build):

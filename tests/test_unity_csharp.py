@@ -134,7 +134,9 @@ def mono_env(native_build: Path, base: dict[str, str]) -> dict[str, str]:
 
 def test_csharp_bridge_against_server(native_build, npc_server, test_exe):
     """create, say with streamed deltas, steer, per-reply overrides, cancel, errors (NOT_FOUND,
-    INVALID_ARGUMENT, UNAUTHENTICATED, UNAVAILABLE), export/import, PollEvents, Dispose."""
+    INVALID_ARGUMENT, UNAUTHENTICATED, UNAVAILABLE), export/import, PollEvents, Dispose; and a
+    3-member scene through SceneConversation: addressing, banter, cancel mid-banter, a new line
+    interrupting banter, join/leave, export/import."""
     _, mono = mono_tools()
     env = mono_env(native_build, native.bridge_env(npc_server))
     if os.environ.get("STEERNPC_NATIVE_SANITIZE"):
@@ -144,7 +146,9 @@ def test_csharp_bridge_against_server(native_build, npc_server, test_exe):
     print(out)
     assert proc.returncode == 0, f"C# tests failed:\n{out[-8000:]}\n--- server log ---\n{npc_server.log_tail()}"
     summary = re.search(r"^(\d+) passed, (\d+) failed$", proc.stdout, re.M)
-    assert summary and int(summary.group(1)) >= 9 and summary.group(2) == "0", out
+    assert summary and int(summary.group(1)) >= 15 and summary.group(2) == "0", out
+    for name in ("TestSceneAddressing", "TestSceneBanter", "TestSceneCancelMidBanter", "TestSceneJoinLeave", "TestSceneExportImport"):
+        assert f"PASS {name} " in proc.stdout, f"{name} did not run:\n{out[-4000:]}"
 
 
 def test_csharp_results_one_rpc_each(native_build, test_exe):

@@ -88,6 +88,11 @@ namespace SteerNpc.Tests
             Assert.Equal(32, Marshal.SizeOf(typeof(NativeMethods.SayOptions)), "sizeof(npc_say_options)");
             Assert.Equal(48, Marshal.SizeOf(typeof(NativeMethods.ClientOptions)), "sizeof(npc_client_options)");
             Assert.Equal(40, Marshal.SizeOf(typeof(NativeMethods.SessionOptions)), "sizeof(npc_session_options)");
+            Assert.Equal(104, Marshal.SizeOf(typeof(NativeMethods.EventEx)), "sizeof(npc_event_ex)");
+            Assert.Equal(72, (int)Marshal.OffsetOf(typeof(NativeMethods.EventEx), "sceneId"), "offsetof(npc_event_ex, scene_id)");
+            Assert.Equal(96, (int)Marshal.OffsetOf(typeof(NativeMethods.EventEx), "line"), "offsetof(npc_event_ex, line)");
+            Assert.Equal(40, Marshal.SizeOf(typeof(NativeMethods.SceneMember)), "sizeof(npc_scene_member)");
+            Assert.Equal(48, Marshal.SizeOf(typeof(NativeMethods.SceneOptions)), "sizeof(npc_scene_options)");
             // The harness passes pyproject.toml's version: the native library must carry it.
             string version = Environment.GetEnvironmentVariable("STEERNPC_TEST_VERSION");
             Assert.True(!string.IsNullOrEmpty(version), "STEERNPC_TEST_VERSION is set (tests/test_unity_csharp.py sets it)");
@@ -319,6 +324,211 @@ namespace SteerNpc.Tests
             bool threw = false;
             try { client.Poll(); } catch (ObjectDisposedException) { threw = true; }
             Assert.True(threw, "use after Dispose throws ObjectDisposedException");
+        }
+
+        // ---- scenes: a 3-member table (brom, marta, lysander), the player "Ayla" ------------------
+        // Random-weight model: the tests check who speaks and the events, never wording.
+
+        static readonly string[] Trio = { "brom", "marta", "lysander" };
+        static SayOptions Short { get { return new SayOptions { MaxNewTokens = 6, Seed = 5 }; } }
+        static SayOptions Long { get { return new SayOptions { MaxNewTokens = 4000, Temperature = 1.0f, Seed = 3 }; } }
+
+        static SceneConversation NewTrio(SteerNpcClient client, string what)
+        {
+            var scene = new SceneConversation(client, "mono-" + what + "-" + Guid.NewGuid().ToString("N").Substring(0, 8), "Ayla", 11,
+                                              new Dictionary<string, string> { { "place", "The Rusty Tankard" } });
+            scene.Create(Trio.Select(id => new NpcSceneMemberSpec(id)).ToList());
+            return scene;
+        }
+
+        // Checks every event of a scene request on the way: the speaker on each delta and done,
+        // the deltas adding up to the done, lines numbered in order, the scene's id.
+        static NpcSceneRequest Watch(NpcSceneRequest r)
+        {
+            var text = new StringBuilder();
+            string speaker = null;
+            r.Delta += e =>
+            {
+                Assert.True(e.SpeakerId.Length > 0 && e.Speaker.Length > 0, "a delta names its speaker");
+                Assert.Equal(r.SceneId, e.SceneId, "delta scene id");
+                Assert.Equal(r.SceneId, e.SessionId, "session_id carries the scene");
+                Assert.Equal(r.Lines.Count, e.Line, "delta line index");
+                if (speaker != null) Assert.Equal(speaker, e.SpeakerId, "one speaker per line");
+                speaker = e.SpeakerId;
+                text.Append(e.Text);
+            };
+            r.LineDone += e =>
+            {
+                if (speaker != null) Assert.Equal(speaker, e.SpeakerId, "the done's speaker is the deltas'");
+                Assert.Equal(text.ToString(), e.Text, "the deltas add up to the done");
+                Assert.Equal(r.Lines.Count - 1, e.Line, "done line index");
+                text.Length = 0;
+                speaker = null;
+            };
+            r.Ended += e =>
+            {
+                Assert.True(speaker == null, "no line is left open at the end");
+                Assert.Equal(r.Lines.Count, e.Line, "the end counts the lines");
+            };
+            return r;
+        }
+
+        static NpcSceneRequest Finish(SteerNpcClient client, NpcSceneRequest r, int timeoutMs = 120000)
+        {
+            PumpUntil(client, () => r.IsFinished, timeoutMs);
+            return r;
+        }
+
+        static void ExpectEnded(NpcSceneRequest r, FinishReason finish = FinishReason.Stop)
+        {
+            Assert.Equal(NpcEventType.SceneEnd, r.Final.Type, "scene request ends with SceneEnd: " + r.Final.Text);
+            Assert.Equal(finish, r.Final.FinishReason, "scene end finish reason");
+        }
+
+        static string Speakers(NpcSceneRequest r) { return string.Join(",", r.Lines.Select(l => l.SpeakerId)); }
+
+        public static void TestSceneAddressing()
+        {
+            using (var client = NewClient())
+            {
+                SceneConversation scene = NewTrio(client, "address");
+                NpcSceneInfo info = scene.Refresh();
+                Assert.Equal("brom,marta,lysander", string.Join(",", info.Members.Select(m => m.MemberId)), "members");
+                Assert.Equal("Brom Ironhand", info.Members[0].Name, "member name");
+                Assert.Equal(11UL, info.Seed, "seed");
+                Assert.Equal("Ayla", info.PlayerName, "player name");
+                var started = new List<string>();
+                scene.LineStarted += (id, name) => started.Add(id + "=" + name);
+
+                NpcSceneRequest r = Finish(client, Watch(scene.Say("Brom, what do you think?", new string[0], Short)));
+                ExpectEnded(r);
+                Assert.Equal("brom", Speakers(r), "named in the text");
+                Assert.Equal("Brom Ironhand", r.Lines[0].Speaker, "speaker name");
+                Assert.True(r.Lines[0].FinishReason == FinishReason.Stop || r.Lines[0].FinishReason == FinishReason.Length, "line finish");
+                r = Finish(client, Watch(scene.Say("And you two?", new[] { "lysander", "marta" }, Short)));
+                ExpectEnded(r);
+                Assert.Equal("lysander,marta", Speakers(r), "one line per addressed member, in order");
+                r = Finish(client, Watch(scene.Say("Hm. Go on.", new string[0], Short)));
+                Assert.Equal("marta", Speakers(r), "nobody addressed: the last speaker");
+                Assert.Equal("brom=Brom Ironhand,lysander=Lysander Quill,marta=Marta Greenhollow,marta=Marta Greenhollow",
+                             string.Join(",", started), "LineStarted per line");
+                info = scene.Refresh(true);
+                Assert.Equal("player,brom,player,lysander,marta,player,marta", string.Join(",", info.Transcript.Select(l => l.SpeakerId)), "transcript");
+                Assert.Equal(7, info.Lines, "lines");
+
+                NpcSceneRequest bad = Finish(client, scene.Say("Hello?", new[] { "nobody" }, Short));
+                Assert.Equal(NpcEventType.Error, bad.Final.Type, "unknown member");
+                Assert.Equal(StatusCodes.NotFound, bad.Final.StatusCode, "unknown member status");
+                var e = Assert.Throws(() => client.GetScene("no-such-scene"), "unknown scene");
+                Assert.Equal(StatusCodes.NotFound, e.StatusCode, "unknown scene status");
+                scene.Delete();
+                Assert.Equal(0, client.PendingReplies, "nothing pending");
+            }
+        }
+
+        public static void TestSceneBanter()
+        {
+            using (var client = NewClient())
+            {
+                SceneConversation scene = NewTrio(client, "banter");
+                Finish(client, scene.Say("Brom, tell Marta about the sword.", new string[0], Short));
+                var syntax = Assert.Throws(() => scene.Continue(0, Short), "turns = 0");
+                Assert.Equal(StatusCodes.InvalidArgument, syntax.StatusCode, "turns = 0 status");
+                NpcSceneRequest r = Finish(client, Watch(scene.Continue(3, Short)));
+                ExpectEnded(r);
+                Assert.Equal(3, r.Lines.Count, "three banter lines");
+                var order = new[] { "brom" }.Concat(r.Lines.Select(l => l.SpeakerId)).ToList();
+                for (int i = 1; i < order.Count; i++) Assert.True(order[i] != order[i - 1], "never the member who spoke last: " + string.Join(",", order));
+                Assert.Equal("marta", r.Lines[0].SpeakerId, "the member the player's line also named goes first");
+                Assert.Equal(5, scene.Refresh().Lines, "2 + 3 lines");
+                Console.WriteLine("    banter: {0}", Speakers(r));
+            }
+        }
+
+        public static void TestSceneCancelMidBanter()
+        {
+            using (var client = NewClient())
+            {
+                SceneConversation scene = NewTrio(client, "cancel");
+                NpcSceneRequest r = Watch(scene.Continue(5, Long));
+                int deltas = 0;
+                bool asked = false;
+                r.Delta += e => { if (++deltas >= 3 && !asked) asked = scene.Cancel(); };
+                Finish(client, r);
+                Assert.True(asked, "Cancel() accepted");
+                ExpectEnded(r, FinishReason.Cancelled);
+                Assert.True(r.WasCancelled, "WasCancelled");
+                Assert.True(r.Lines.Count >= 1 && r.Lines.Count < 5, "no line started after the cancel");
+                Assert.Equal(FinishReason.Cancelled, r.Lines.Last().FinishReason, "the running line ends cancelled");
+                Assert.True(!client.Cancel(r.Id), "cancelling a finished request is refused");
+                NpcSceneInfo info = scene.Refresh(true);
+                Assert.Equal(Speakers(r), string.Join(",", info.Transcript.Select(l => l.SpeakerId)), "the partial line was heard");
+
+                // A new player line interrupts running banter, then answers.
+                NpcSceneRequest banter = scene.Continue(5, Long);
+                PumpUntil(client, () => banter.CurrentText.Length > 0 || banter.IsFinished);
+                NpcSceneRequest said = scene.Say("Enough! Lysander, a word.", new string[0], Short);
+                PumpUntil(client, () => banter.IsFinished && said.IsFinished, 120000);
+                ExpectEnded(banter, FinishReason.Cancelled);
+                Assert.Equal(1, banter.Lines.Count, "the banter stopped at its running line");
+                ExpectEnded(said);
+                Assert.Equal("lysander", Speakers(said), "the player's line is answered");
+                Assert.Equal(0, client.PendingReplies, "nothing pending");
+            }
+        }
+
+        public static void TestSceneJoinLeave()
+        {
+            using (var client = NewClient())
+            {
+                SceneConversation scene = NewTrio(client, "door");
+                scene.Join(new NpcSceneMemberSpec("pip"));
+                Assert.Equal("brom,marta,lysander,pip", string.Join(",", scene.Refresh().Members.Select(m => m.MemberId)), "pip joined");
+                var twice = Assert.Throws(() => scene.Join(new NpcSceneMemberSpec("pip")), "joining twice");
+                Assert.Equal(StatusCodes.AlreadyExists, twice.StatusCode, "joining twice status");
+                var bad = Assert.Throws(() => scene.Join(new NpcSceneMemberSpec("pip", "pip2", null, "humor:9")), "bad vector");
+                Assert.Equal(StatusCodes.InvalidArgument, bad.StatusCode, "bad vector status");
+                Assert.True(bad.Message.Contains("humor = 9"), "names the field: " + bad.Message);
+                scene.Leave("marta");
+                Assert.Equal("brom,lysander,pip", string.Join(",", scene.Members), "local member list");
+                Assert.Equal("brom,lysander,pip", string.Join(",", scene.Refresh().Members.Select(m => m.MemberId)), "marta left");
+                var gone = Assert.Throws(() => scene.Leave("marta"), "leaving twice");
+                Assert.Equal(StatusCodes.NotFound, gone.StatusCode, "leaving twice status");
+                NpcSceneRequest r = Finish(client, scene.Say("Marta?", new[] { "marta" }, Short));
+                Assert.Equal(StatusCodes.NotFound, r.Final.StatusCode, "a member who left");
+                r = Finish(client, Watch(scene.Say("Pip, hello!", new string[0], Short)));
+                Assert.Equal("pip", Speakers(r), "the new member answers");
+                var steer = Assert.Throws(() => scene.Steer("brom", null, "humor:9"), "bad steer");
+                Assert.True(steer.Message.Contains("member 'brom'"), "names the member: " + steer.Message);
+            }
+        }
+
+        public static void TestSceneExportImport()
+        {
+            using (var client = NewClient())
+            {
+                SceneConversation scene = NewTrio(client, "save");
+                scene.Steer("lysander", null, "humor:4");
+                Finish(client, scene.Say("Evening!", new[] { "brom", "marta" }, Short));
+                scene.Leave("marta");
+                NpcSceneInfo before = scene.Refresh(true);
+                byte[] data = scene.Export();
+                Assert.True(data.Length > 0, "snapshot bytes");
+                scene.Delete();
+                Assert.Equal(StatusCodes.NotFound, Assert.Throws(() => client.GetScene(scene.SceneId), "deleted").StatusCode, "deleted status");
+                var restored = new SceneConversation(client);
+                restored.Import(data);
+                Assert.Equal(scene.SceneId, restored.SceneId, "restored id");
+                Assert.Equal("brom,lysander", string.Join(",", restored.Members), "members restored");
+                NpcSceneInfo after = restored.Refresh(true);
+                Assert.Equal(string.Join("|", before.Transcript.Select(l => l.ToString())), string.Join("|", after.Transcript.Select(l => l.ToString())), "transcript restored");
+                Assert.Equal(4, after.Members.First(m => m.MemberId == "lysander").Attributes["humor"], "steer restored");
+                Assert.True(restored.Export().SequenceEqual(data), "exports the same bytes");
+                NpcSceneRequest r = Finish(client, Watch(restored.Say("Lysander?", new string[0], Short)));
+                Assert.Equal("lysander", Speakers(r), "it goes on");
+                Assert.Equal(4, AttributeString.Parse(r.Lines[0].Attributes)["humor"], "the line uses the kept steer");
+                Console.WriteLine("    scene snapshot {0} bytes", data.Length);
+            }
         }
 
         // Run by name against the harness's counting server (counting_servicer in

@@ -35,6 +35,8 @@ namespace SteerNpc.Unity
         [SerializeField] private int maxNewTokens;
         [Tooltip("Delete the server-side session when this object is destroyed (off: keep it for save games)")]
         [SerializeField] private bool deleteSessionOnDestroy;
+        [Tooltip("Its id in an NpcScene; empty = the character id (two members of one character need two ids)")]
+        [SerializeField] private string memberId = "";
 
         [Header("Events")]
         [Tooltip("Each streamed piece of the reply")]
@@ -50,6 +52,11 @@ namespace SteerNpc.Unity
 
         public string CharacterId { get { return characterId; } }
         public string Mood { get { return mood; } }
+        /// <summary>Its member id in an NpcScene.</summary>
+        public string MemberId { get { return string.IsNullOrEmpty(memberId) ? characterId : memberId; } }
+        /// <summary>The NpcScene it talks in, if any: then it opens no session of its own, and the
+        /// scene's lines spoken by it arrive on onReplyDelta / onReply.</summary>
+        public NpcScene Scene { get; internal set; }
         public string SessionId { get; private set; }
         public bool IsReady { get { return SessionId != null; } }
         public bool IsSpeaking { get { return _current != null && !_current.IsFinished; } }
@@ -60,8 +67,20 @@ namespace SteerNpc.Unity
 
         private void Start()
         {
-            StartSession(null);
+            if (Scene == null) StartSession(null);  // a scene member talks through its NpcScene
         }
+
+        /// <summary>What joins a scene for this character: its id, mood and Inspector steering.</summary>
+        public NpcSceneMemberSpec SceneMemberSpec()
+        {
+            return new NpcSceneMemberSpec(characterId, MemberId, string.IsNullOrEmpty(mood) ? null : mood,
+                                          AttributeString.Format(OverridesAsDictionary()));
+        }
+
+        // A scene line of this member (called by NpcScene on the main thread).
+        internal void RaiseSceneDelta(string text) { onReplyDelta.Invoke(text); }
+        internal void RaiseSceneLine(string text) { onReply.Invoke(text); }
+        internal void RaiseSceneError(int code, string message) { onError.Invoke(code, message); }
 
         /// <summary>Open a session (or restore a save-game snapshot) on a worker thread.</summary>
         public void StartSession(byte[] snapshot)
