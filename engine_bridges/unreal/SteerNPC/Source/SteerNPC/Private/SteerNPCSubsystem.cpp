@@ -136,9 +136,10 @@ void USteerNPCSubsystem::Tick(float DeltaTime)
 	{
 		return;
 	}
-	npc_event Raw;
-	for (int32 Count = 0; Count < MaxEventsPerTick && npc_poll(Client->Get(), &Raw) == 1; ++Count)
+	npc_event_ex Ex;
+	for (int32 Count = 0; Count < MaxEventsPerTick && npc_poll_ex(Client->Get(), &Ex, 0) == 1; ++Count)
 	{
+		const npc_event& Raw = Ex.event;
 		// Copy out now: the native strings are valid only until the next npc_poll on this thread.
 		FSteerNPCEvent Event;
 		Event.RequestId = Raw.request_id;
@@ -149,6 +150,10 @@ void USteerNPCSubsystem::Tick(float DeltaTime)
 		Event.SessionId = FromUtf8(Raw.session_id);
 		Event.CompletionTokens = Raw.completion_tokens;
 		Event.ServerTimeToFirstTokenMs = Raw.server_ttft_ms;
+		Event.SceneId = FromUtf8(Ex.scene_id);
+		Event.SpeakerId = FromUtf8(Ex.speaker_id);
+		Event.Speaker = FromUtf8(Ex.speaker);
+		Event.Line = Ex.line;
 		if (Event.Type == ESteerNPCEventType::Done)
 		{
 			Event.AppliedAttributes = SteerNPC::ParseAttributes(FromUtf8(Raw.attributes));
@@ -192,6 +197,47 @@ int64 USteerNPCSubsystem::Say(const FString& SessionId, const FString& Text, con
 	// Events are only taken out in Tick, on this (game) thread: registering now cannot miss any.
 	Routes.Add(Id, MoveTemp(Handler));
 	return Id;
+}
+
+int64 USteerNPCSubsystem::Track(int64 Id, FSteerNPCReplyHandler Handler, FString& OutError)
+{
+	if (Id <= 0)
+	{
+		OutError = LastError();
+		return 0;
+	}
+	Routes.Add(Id, MoveTemp(Handler));  // events are only taken out in Tick, on this thread
+	return Id;
+}
+
+int64 USteerNPCSubsystem::SceneSay(const FString& SceneId, const FString& Text, const TArray<FString>& MemberIds,
+                                   const FString& AttributeOverrides, int32 MaxNewTokens, FSteerNPCReplyHandler Handler, FString& OutError)
+{
+	if (!Client.IsValid())
+	{
+		OutError = TEXT("SteerNPC client is not available (see the log)");
+		return 0;
+	}
+	const FString Ids = FString::Join(MemberIds, TEXT(","));
+	FUtf8 Scene(SceneId), Line(Text), IdsUtf8(Ids), Overrides(AttributeOverrides);
+	npc_say_options Options = {};
+	Options.attributes = Overrides.OrNull(AttributeOverrides);
+	Options.max_new_tokens = MaxNewTokens;
+	return Track(npc_scene_say(Client->Get(), Scene.Get(), Line.Get(), IdsUtf8.OrNull(Ids), &Options), MoveTemp(Handler), OutError);
+}
+
+int64 USteerNPCSubsystem::SceneContinue(const FString& SceneId, int32 Turns, int32 MaxNewTokens, FSteerNPCReplyHandler Handler,
+                                        FString& OutError)
+{
+	if (!Client.IsValid())
+	{
+		OutError = TEXT("SteerNPC client is not available (see the log)");
+		return 0;
+	}
+	FUtf8 Scene(SceneId);
+	npc_say_options Options = {};
+	Options.max_new_tokens = MaxNewTokens;
+	return Track(npc_scene_continue(Client->Get(), Scene.Get(), Turns, &Options), MoveTemp(Handler), OutError);
 }
 
 bool USteerNPCSubsystem::CancelReply(int64 RequestId)
@@ -318,4 +364,193 @@ bool USteerNPCSubsystem::ExportSession(const FString& SessionId, TArray<uint8>& 
 bool USteerNPCSubsystem::IsConnected() const
 {
 	return Client.IsValid() && npc_client_state(Client->Get(), 0) == NPC_STATE_READY;
+}
+
+// ---- scenes -----------------------------------------------------------------------------------
+
+namespace
+{
+	/** A member's strings, alive while the npc_scene_member pointing at them is used. */
+	struct FMemberUtf8
+	{
+		explicit FMemberUtf8(const FSteerNPCSceneMember& M)
+			: Attributes(SteerNPC::FormatAttributes(M.AttributeOverrides)), Character(M.CharacterId), Member(M.MemberId), Name(M.Name),
+			  Mood(M.Mood), Attrs(Attributes), Source(M)
+		{
+		}
+		npc_scene_member Get() const
+		{
+			npc_scene_member Out = {};
+			Out.character_id = Character.Get();
+			Out.member_id = Member.OrNull(Source.MemberId);
+			Out.name = Name.OrNull(Source.Name);
+			Out.mood = Mood.OrNull(Source.Mood);
+			Out.attributes = Attrs.OrNull(Attributes);
+			return Out;
+		}
+		FString Attributes;
+		FUtf8 Character, Member, Name, Mood, Attrs;
+		FSteerNPCSceneMember Source;
+	};
+
+	void Finish(TFunction<void(int32, const FString&)>&& Done, int32 Result)
+	{
+		const FString Error = Result < 0 ? LastError() : FString();
+		if (Done)
+		{
+			OnGameThread([Done = MoveTemp(Done), Result, Error]() { Done(Result < 0 ? -Result : 0, Error); });
+		}
+	}
+}
+
+void USteerNPCSubsystem::CreateSceneAsync(const FString& SceneId, const FString& PlayerName, const TArray<FSteerNPCSceneMember>& Members,
+                                          int64 Seed, TFunction<void(const FString&, int32, const FString&)> Done)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid())
+	{
+		Done(FString(), NPC_FAILED_PRECONDITION, TEXT("SteerNPC client is not available"));
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, SceneId, PlayerName, Members, Seed, Done = MoveTemp(Done)]() mutable
+	{
+		TArray<TUniquePtr<FMemberUtf8>> Strings;
+		TArray<npc_scene_member> Specs;
+		for (const FSteerNPCSceneMember& Member : Members)
+		{
+			Strings.Add(MakeUnique<FMemberUtf8>(Member));
+			Specs.Add(Strings.Last()->Get());
+		}
+		FUtf8 Scene(SceneId), Player(PlayerName);
+		npc_scene_options Options = {};
+		Options.scene_id = Scene.OrNull(SceneId);
+		Options.player_name = Player.OrNull(PlayerName);
+		Options.seed = static_cast<uint64_t>(Seed);
+		Options.members = Specs.GetData();
+		Options.member_count = Specs.Num();
+		const FResult Result(npc_scene_create(Ref->Get(), &Options));
+		const int32 Status = Result.Status();
+		const FString NewId = Result.Ok() ? Result.Text() : FString();
+		const FString Error = Result.Ok() ? FString() : Result.Text();
+		OnGameThread([Done = MoveTemp(Done), NewId, Status, Error]() { Done(NewId, Status, Error); });
+	});
+}
+
+void USteerNPCSubsystem::ImportSceneAsync(const TArray<uint8>& Snapshot, TFunction<void(const FString&, int32, const FString&)> Done)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid())
+	{
+		Done(FString(), NPC_FAILED_PRECONDITION, TEXT("SteerNPC client is not available"));
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, Snapshot, Done = MoveTemp(Done)]() mutable
+	{
+		const FResult Result(npc_scene_import(Ref->Get(), Snapshot.GetData(), Snapshot.Num()));
+		const int32 Status = Result.Status();
+		const FString SceneId = Result.Ok() ? Result.Text() : FString();
+		const FString Error = Result.Ok() ? FString() : Result.Text();
+		OnGameThread([Done = MoveTemp(Done), SceneId, Status, Error]() { Done(SceneId, Status, Error); });
+	});
+}
+
+void USteerNPCSubsystem::JoinSceneAsync(const FString& SceneId, const FSteerNPCSceneMember& Member,
+                                        TFunction<void(int32, const FString&)> Done)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid())
+	{
+		if (Done) Done(NPC_FAILED_PRECONDITION, TEXT("SteerNPC client is not available"));
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, SceneId, Member, Done = MoveTemp(Done)]() mutable
+	{
+		FUtf8 Scene(SceneId);
+		const FMemberUtf8 Strings(Member);
+		const npc_scene_member Spec = Strings.Get();
+		Finish(MoveTemp(Done), npc_scene_join(Ref->Get(), Scene.Get(), &Spec));
+	});
+}
+
+void USteerNPCSubsystem::LeaveSceneAsync(const FString& SceneId, const FString& MemberId, TFunction<void(int32, const FString&)> Done)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid())
+	{
+		if (Done) Done(NPC_FAILED_PRECONDITION, TEXT("SteerNPC client is not available"));
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, SceneId, MemberId, Done = MoveTemp(Done)]() mutable
+	{
+		FUtf8 Scene(SceneId), Member(MemberId);
+		Finish(MoveTemp(Done), npc_scene_leave(Ref->Get(), Scene.Get(), Member.Get()));
+	});
+}
+
+void USteerNPCSubsystem::SteerMemberAsync(const FString& SceneId, const FString& MemberId, const FString& Mood, const FString& Attributes,
+                                          bool bClear, TFunction<void(int32, const FString&)> Done)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid())
+	{
+		if (Done) Done(NPC_FAILED_PRECONDITION, TEXT("SteerNPC client is not available"));
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, SceneId, MemberId, Mood, Attributes, bClear, Done = MoveTemp(Done)]() mutable
+	{
+		FUtf8 Scene(SceneId), Member(MemberId), MoodUtf8(Mood), Attrs(Attributes);
+		Finish(MoveTemp(Done), npc_scene_steer(Ref->Get(), Scene.Get(), Member.Get(), MoodUtf8.OrNull(Mood), Attrs.OrNull(Attributes),
+		                                       bClear ? 1 : 0));
+	});
+}
+
+void USteerNPCSubsystem::DeleteSceneAsync(const FString& SceneId)
+{
+	FSteerNPCClientRef Ref = Client;
+	if (!Ref.IsValid() || SceneId.IsEmpty())
+	{
+		return;
+	}
+	Async(EAsyncExecution::ThreadPool, [Ref, SceneId]()
+	{
+		FUtf8 Scene(SceneId);
+		npc_scene_delete(Ref->Get(), Scene.Get());
+	});
+}
+
+bool USteerNPCSubsystem::ExportScene(const FString& SceneId, TArray<uint8>& OutSnapshot, FString& OutError)
+{
+	if (!Client.IsValid())
+	{
+		OutError = TEXT("SteerNPC client is not available");
+		return false;
+	}
+	FUtf8 Scene(SceneId);
+	const FResult Result(npc_scene_export(Client->Get(), Scene.Get()));
+	OutSnapshot.Reset();
+	if (!Result.Ok())
+	{
+		OutError = Result.Text();
+		return false;
+	}
+	OutSnapshot.Append(npc_result_data(Result.Result), static_cast<int32>(npc_result_size(Result.Result)));
+	return true;
+}
+
+bool USteerNPCSubsystem::GetSceneJson(const FString& SceneId, bool bIncludeTranscript, FString& OutJson, FString& OutError)
+{
+	if (!Client.IsValid())
+	{
+		OutError = TEXT("SteerNPC client is not available");
+		return false;
+	}
+	FUtf8 Scene(SceneId);
+	const FResult Result(npc_scene_get(Client->Get(), Scene.Get(), bIncludeTranscript ? 1 : 0));
+	if (!Result.Ok())
+	{
+		OutError = Result.Text();
+		return false;
+	}
+	OutJson = Result.Text();
+	return true;
 }

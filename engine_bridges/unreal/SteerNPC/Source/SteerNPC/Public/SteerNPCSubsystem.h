@@ -1,8 +1,9 @@
 // USteerNPCSubsystem: owns the SteerNPC client for the game instance, polls it every frame and
-// routes reply events to whoever started each reply (components, async nodes) by request id.
+// routes reply events to whoever started each reply (components, async nodes) by request id;
+// scene requests (several lines, each with its speaker) are routed the same way.
 //
 // Threading: the native core streams on its own threads; this subsystem takes events out with
-// npc_poll in Tick, on the game thread, so every delegate fires on the game thread. Blocking
+// npc_poll_ex in Tick, on the game thread, so every delegate fires on the game thread. Blocking
 // calls (create session, steer, ...) run on a worker thread through the *Async helpers and call
 // back on the game thread.
 #pragma once
@@ -62,7 +63,17 @@ public:
 	int64 Say(const FString& SessionId, const FString& Text, const FString& AttributeOverrides, int32 MaxNewTokens,
 	          FSteerNPCReplyHandler Handler, FString& OutError);
 
-	/** Ask the server to stop a reply; it then ends with a Done event, FinishReason Cancelled. */
+	/** A scene's player line (npc_scene_say): MemberIds answer in order (empty: the speaking
+	 *  policy picks). Handler gets each line's Delta and Done (with the speaker), then SceneEnd or
+	 *  Error. Returns the request id, or 0 with OutError set. */
+	int64 SceneSay(const FString& SceneId, const FString& Text, const TArray<FString>& MemberIds, const FString& AttributeOverrides,
+	               int32 MaxNewTokens, FSteerNPCReplyHandler Handler, FString& OutError);
+
+	/** Up to Turns lines of members answering each other (npc_scene_continue); as SceneSay. */
+	int64 SceneContinue(const FString& SceneId, int32 Turns, int32 MaxNewTokens, FSteerNPCReplyHandler Handler, FString& OutError);
+
+	/** Ask the server to stop a reply (or a scene Say / Continue: its running line ends cancelled,
+	 *  no other starts); a reply then ends with a Done event, FinishReason Cancelled. */
 	UFUNCTION(BlueprintCallable, Category = "SteerNPC")
 	bool CancelReply(int64 RequestId);
 
@@ -73,6 +84,24 @@ public:
 	void SteerAsync(const FString& SessionId, const FString& Mood, const FString& Attributes, bool bClear,
 	                TFunction<void(int32 Status, const FString& Error)> Done);
 	void DeleteSessionAsync(const FString& SessionId);
+
+	/** Scenes: blocking calls on a worker thread, Done on the game thread (as above). */
+	void CreateSceneAsync(const FString& SceneId, const FString& PlayerName, const TArray<FSteerNPCSceneMember>& Members, int64 Seed,
+	                      TFunction<void(const FString& SceneId, int32 Status, const FString& Error)> Done);
+	void ImportSceneAsync(const TArray<uint8>& Snapshot, TFunction<void(const FString& SceneId, int32 Status, const FString& Error)> Done);
+	void JoinSceneAsync(const FString& SceneId, const FSteerNPCSceneMember& Member, TFunction<void(int32 Status, const FString& Error)> Done);
+	void LeaveSceneAsync(const FString& SceneId, const FString& MemberId, TFunction<void(int32 Status, const FString& Error)> Done);
+	void SteerMemberAsync(const FString& SceneId, const FString& MemberId, const FString& Mood, const FString& Attributes, bool bClear,
+	                      TFunction<void(int32 Status, const FString& Error)> Done);
+	void DeleteSceneAsync(const FString& SceneId);
+
+	/** Blocking: a save-game snapshot of a scene. */
+	UFUNCTION(BlueprintCallable, Category = "SteerNPC")
+	bool ExportScene(const FString& SceneId, TArray<uint8>& OutSnapshot, FString& OutError);
+
+	/** Blocking: the scene as JSON (members, lines; the transcript with bIncludeTranscript). */
+	UFUNCTION(BlueprintCallable, Category = "SteerNPC")
+	bool GetSceneJson(const FString& SceneId, bool bIncludeTranscript, FString& OutJson, FString& OutError);
 
 	/** Blocking (up to the default deadline): the server's characters as JSON. */
 	UFUNCTION(BlueprintCallable, Category = "SteerNPC")
@@ -92,6 +121,8 @@ public:
 	FSteerNPCClientRef GetClient() const { return Client; }
 
 private:
+	int64 Track(int64 Id, FSteerNPCReplyHandler Handler, FString& OutError);
+
 	FSteerNPCClientRef Client;
 	TMap<int64, FSteerNPCReplyHandler> Routes;
 	int32 MaxEventsPerTick = 256;

@@ -14,6 +14,9 @@ enum class ESteerNPCEventType : uint8
 	Done = 2,
 	/** The reply failed: StatusCode is a gRPC status code, Text the message. */
 	Error = 3,
+	/** A scene Say / Continue is over, after its last line's Done (FinishReason Cancelled when
+	 *  cancelled or interrupted by a new Say; Line = the lines it produced). */
+	SceneEnd = 4,
 };
 
 UENUM(BlueprintType)
@@ -64,7 +67,56 @@ struct STEERNPC_API FSteerNPCEvent
 	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
 	float ServerTimeToFirstTokenMs = 0.f;
 
-	bool IsFinal() const { return Type == ESteerNPCEventType::Done || Type == ESteerNPCEventType::Error; }
+	/** Scene events: the scene (empty for a session reply). */
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	FString SceneId;
+
+	/** Scene Delta / Done: the member speaking this line. */
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	FString SpeakerId;
+
+	/** Scene Delta / Done: the name it speaks under, e.g. "Brom Ironhand". */
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	FString Speaker;
+
+	/** Scene Delta / Done: the line's index in its request; SceneEnd: the lines it produced. */
+	UPROPERTY(BlueprintReadOnly, Category = "SteerNPC")
+	int32 Line = 0;
+
+	/** The last event of its request: a session reply's Done or Error; a scene request's SceneEnd or Error. */
+	bool IsFinal() const
+	{
+		return Type == ESteerNPCEventType::Error || Type == ESteerNPCEventType::SceneEnd ||
+		       (Type == ESteerNPCEventType::Done && SceneId.IsEmpty());
+	}
+};
+
+/** One member of a scene (USteerNPCSceneComponent). */
+USTRUCT(BlueprintType)
+struct STEERNPC_API FSteerNPCSceneMember
+{
+	GENERATED_BODY()
+
+	/** The persona id on the server, e.g. "brom". */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "SteerNPC")
+	FString CharacterId;
+
+	/** Its id in the scene; empty = the character id. */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "SteerNPC")
+	FString MemberId;
+
+	/** Empty = the character's name. */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "SteerNPC")
+	FString Name;
+
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "SteerNPC")
+	FString Mood;
+
+	/** Member-level steering (attribute -> value). */
+	UPROPERTY(EditAnywhere, BlueprintReadWrite, Category = "SteerNPC")
+	TMap<FString, int32> AttributeOverrides;
+
+	FString EffectiveMemberId() const { return MemberId.IsEmpty() ? CharacterId : MemberId; }
 };
 
 namespace SteerNPC
