@@ -88,6 +88,8 @@ class Conversation:
     weight: float | None = None  # SteerLM 2.0 sample weight (bootstrap), optional
     source: tuple[str, int] = ("", 0)  # (file, line) it was read from
     category: str | None = None  # npc format: the player line's category (greetings, threats, ...)
+    scene: str | None = None  # a scene member's view (steernpc_train.scenes): `system` is its scene system text
+    scene_record: Any = None  # npc format: an unexpanded scene record (scenes.SceneRecord; the SFT expands it)
 
     def exchanges(self, upto: int | None = None) -> list[Exchange]:
         turns = self.turns if upto is None else self.turns[: upto + 1]
@@ -230,6 +232,11 @@ def to_nemo(conv: Conversation) -> dict:
 # -- npc --------------------------------------------------------------------------------------
 
 def parse_npc(obj: Any, file: str, line: int) -> Conversation:
+    from steernpc_train.scenes import is_scene_record, parse_scene
+
+    if is_scene_record(obj):  # several speakers: expanded per member with the personas (sft)
+        record = parse_scene(obj, file, line)
+        return Conversation([], character=None, id=record.id, source=(file, line), scene_record=record)
     if not isinstance(obj, dict):
         raise DataError(file, line, "an NPC dialogue record must be a JSON object with 'turns'")
     for key in ("id", "character", "system"):
@@ -580,7 +587,7 @@ def sniff_format(path: str | os.PathLike) -> str:
     if isinstance(obj, dict):
         if "conversations" in obj:
             return "nemo"
-        if "turns" in obj:
+        if "turns" in obj or ("scene" in obj and "lines" in obj):
             return "npc"
         if "text" in obj and "label" in obj:
             return "regression"

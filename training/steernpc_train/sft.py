@@ -120,7 +120,18 @@ class ExampleBuilder:
             self._end_tokens = len(self.tokenizer(trained[1:], add_special_tokens=False)["input_ids"]) + 1
         return self._end_tokens
 
+    def expand(self, conv: Conversation) -> list[Conversation]:
+        """A scene record -> one conversation per speaking member (steernpc_train.scenes), with
+        the runtime's scene system text; any other conversation as it is."""
+        if conv.scene_record is None:
+            return [conv]
+        from steernpc_train.scenes import member_conversations
+
+        return member_conversations(conv.scene_record, self.personas)
+
     def system_for(self, conv: Conversation) -> str:
+        if conv.scene is not None and conv.system is not None:
+            return conv.system  # a scene member: its card, the table, the others' names (scene_turns)
         if self.system is not None:
             return self.system
         if conv.character and conv.character in self.personas:
@@ -186,7 +197,7 @@ class ExampleBuilder:
         chat: the last reply trains, so one example per reply with up to --history earlier
         exchanges before it."""
         jobs: list[tuple[str, list[Exchange], float, str]] = []
-        for conv in convs:
+        for conv in (c for each in convs for c in self.expand(each)):
             exchanges = self._exchanges(conv)
             if not exchanges:
                 continue
@@ -503,16 +514,18 @@ def build_examples(cfg: SFTConfig, tokenizer: Any, schema: AttributeSchema) -> t
     stats = ReadStats()
     good: list[Conversation] = []
     for path in cfg.data:
-        for conv in read_conversations(path, cfg.data_format, schema, cfg.skip_bad, stats):
+        for record in read_conversations(path, cfg.data_format, schema, cfg.skip_bad, stats):
             try:  # validate here, so that --skip-bad can skip a record
-                builder._exchanges(conv)
-                builder.system_for(conv)
+                convs = builder.expand(record)
+                for conv in convs:
+                    builder._exchanges(conv)
+                    builder.system_for(conv)
             except DataError as err:
                 if not cfg.skip_bad:
                     raise
                 stats.skip(err)
                 continue
-            good.append(conv)
+            good.extend(convs)
     builder.filled = 0
     examples = []
     if cfg.share_prefix or cfg.contrast_weight:
