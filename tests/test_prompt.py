@@ -148,9 +148,11 @@ def test_render_cli_defaults_to_the_served_format():
         cmd = [sys.executable, "-m", "steernpc.cli", "render", "--persona", "samples/personas/brom.yaml", "--say", "Hi"]
         return subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **env}).stdout
 
-    opener = {"nemo": "<extra_id_0>System\n", "chat": "<|im_start|>system\n"}
+    opener = {"nemo": "<extra_id_0>System\n", "verbal": "<extra_id_0>System\n", "chat": "<|im_start|>system\n"}
     served = model_format(None, default_adapter(None))
     assert render().startswith(opener[served])
+    if served == "verbal":  # the label line in level words, as the sample adapter was trained
+        assert "<extra_id_2>humor:" in render() and "humor:0," not in render()
     assert render(STEERNPC_ADAPTER="none").startswith(opener["chat"])
 
 
