@@ -344,3 +344,15 @@ def _check_args(raw, where: tuple, action: str, bad) -> tuple[ArgSpec, ...]:
         else:
             bad(at, f"{field_name}: unknown argument type {sorted(map(str, keys))}; use a list of values, {{min, max}} or {{max_length}}")
     return tuple(out)
+
+
+def tail_card(spec: TailSpec) -> str:
+    """The system text's last lines when a model writes tails: what this character can
+    show and do (training and serving append the same text)."""
+    lines = [f"Emotions: {', '.join(spec.emotions)}."]
+    if spec.actions:
+        acts = []
+        for a in spec.actions:
+            acts.append(a.signature() + (f" - {a.description}" if a.description else ""))
+        lines.append("Actions: " + "; ".join(acts) + ".")
+    return "\n".join(lines)
