@@ -41,7 +41,7 @@ import numpy as np
 from steernpc.generation.base import (
     Delta, Finished, GenerationRequest, PromptTooLong, QueueFull, finished_from, read_tail,
 )  # fmt: skip
-from steernpc.generation.detokenize import TextAssembler
+from steernpc.generation.detokenize import TextAssembler, reply_token_count
 from steernpc.generation.kv_slots import KvSlots
 from steernpc.generation.sampling import Sampler
 from steernpc.generation.stream import Stream
@@ -361,20 +361,6 @@ class Scheduler:
             self._retire(job, reason)
 
     # -- the structured tail -----------------------------------------------------------------
-    def _reply_tokens(self, job: Job) -> int:
-        """How many generated tokens the reply's text takes: the reply phase ended at a stop
-        string or the tail marker, and the tokens of that text do not stay."""
-        gen = job.generated
-        text = self.tokenizer.decode(gen, skip_special_tokens=True)
-        cuts = [i for i in (text.find(s) for s in job.assembler._stops.stop) if i >= 0]
-        if not cuts:
-            return len(gen)
-        target = len(text[: min(cuts)].rstrip())
-        keep = len(gen)
-        while keep > 0 and len(self.tokenizer.decode(gen[:keep], skip_special_tokens=True)) > target:
-            keep -= 1
-        return keep
-
     def _start_tail(self, job: Job, reason: str) -> None:
         """End the reply phase: flush the reply's text, cut the slot back to the reply, write
         the marker (one prefill chunk per row) and draw the tail's first token."""
@@ -385,7 +371,7 @@ class Scheduler:
             job.stream.push(Delta(rest))
         job.tail_started_at = time.perf_counter()
         if job.assembler.stopped:
-            job.generated = job.generated[: self._reply_tokens(job)]
+            job.generated = job.generated[: reply_token_count(self.tokenizer, job.generated, job.request.stop)]
         marker = self.tokenizer(job.request.tail.marker, add_special_tokens=False)["input_ids"]
         room = self.max_len - 1 - job.request.tail.max_tokens
         if max(len(m.prompt_ids) for m in job.pair) + len(job.generated) + len(marker) > room:
