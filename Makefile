@@ -35,7 +35,7 @@ $(VENV)/.steernpc-installed: pyproject.toml $(LOCK)
 lock: $(VENV)/.steernpc-installed
 	@$(BIN)/pip install -q $(PIP_TOOLS)
 	@$(BIN)/pip-compile -q --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
-	  --extra train --extra onnx --extra studio --extra dev -c constraints.txt -o $(LOCK) pyproject.toml
+	  --extra train --extra onnx --extra studio --extra dev --extra grammar -c constraints.txt -o $(LOCK) pyproject.toml
 	@cd requirements && ../$(BIN)/pip-compile -q --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
 	  -o test-peers.lock test-peers.in
 	@echo "==> locks written: $(LOCK) $(PEERS_LOCK)"

@@ -69,6 +69,16 @@ CASES = [
     ("mood_not_mapping.yaml", 17, "moods.tired must be a non-empty mapping"),
     ("mood_block_list.yaml", 17, "moods.tired must be a non-empty mapping"),
     ("mood_bad_name.yaml", 18, "mood name 'Very Cheerful' must match"),
+    # actions and emotions (steernpc.actions)
+    ("actions_not_list.yaml", 20, "actions must be a list"),
+    ("actions_bad_name.yaml", 21, "actions[0].name = 'Call Guards' must match"),
+    ("actions_duplicate.yaml", 22, "action 'open_shop' is declared twice"),
+    ("actions_unknown_field.yaml", 22, "actions[0]: unknown field 'cooldown'"),
+    ("actions_undeclared_type.yaml", 23, "actions.give_item.args.item: unknown argument type"),
+    ("actions_int_min_greater.yaml", 23, "actions.pay.args.amount: min 50 > max 5"),
+    ("actions_string_cap.yaml", 23, "actions.give_quest.args.quest.max_length = 0 must be an integer 1..200"),
+    ("emotions_bad_name.yaml", 20, "emotions[1] = 'Very Angry' must match"),
+    ("emotions_duplicate.yaml", 20, "emotions[2]: 'neutral' appears twice"),
     # ids
     ("bad_id_uppercase.yaml", 2, "id = 'Mira' must match [a-z0-9_-]+"),
     ("bad_id_space.yaml", 2, "id = 'mira thornbush' must match [a-z0-9_-]+"),

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from steernpc.generation.base import Backend, Finished, GenerationRequest, PromptTooLong, SamplingParams
+from steernpc.actions import tail_card, tail_grammar
+from steernpc.generation.base import Backend, Finished, GenerationRequest, PromptTooLong, SamplingParams, TailRequest
 from steernpc.limits import MAX_HISTORY_TURNS, MAX_SNAPSHOT_BYTES
 from steernpc.generation.stream import Stream
 from steernpc.persona import Persona
-from steernpc.prompt import build_prompt, stop_strings
+from steernpc.prompt import build_prompt, stop_strings, tail_marker
 from steernpc.sessions import Session, SessionStore, export_snapshot
 
 # Old turns leave the prompt in blocks of this many, so a long conversation's cached
@@ -26,14 +27,18 @@ from steernpc.sessions import Session, SessionStore, export_snapshot
 HISTORY_STEP = 4
 
 
-def system_text(persona: Persona, player_name: str = "", context: Mapping[str, str] | None = None) -> str:
+def system_text(persona: Persona, player_name: str = "", context: Mapping[str, str] | None = None,
+                tails: bool = False) -> str:  # fmt: skip
     """The persona card, plus who the player is and any game context (kept stable across
-    turns so the card's KV cache is shared)."""
+    turns so the card's KV cache is shared). With `tails` (a model trained to write the
+    structured tail), the character's emotions and actions close it (actions.tail_card)."""
     text = persona.card()
     if player_name:
         text += f"\nThe player is called {player_name}."
     for key, value in sorted((context or {}).items()):
         text += f"\n{key}: {value}"
+    if tails:
+        text += "\n" + tail_card(persona.tail_spec)
     return text
 
 
@@ -67,13 +72,17 @@ class Turn:
 
 class Conversation:
     """Runs turns on one backend with one prompt format; saves sessions to `store` (None:
-    the caller keeps the session, as `steernpc chat` does)."""
+    the caller keeps the session, as `steernpc chat` does). `tails`: the model was trained
+    to write the structured tail (its model card says so), so each reply asks for one
+    unless the request turns it off."""
 
-    def __init__(self, backend: Backend, fmt: str, history_tokens: int = 1024, store: SessionStore | None = None):
+    def __init__(self, backend: Backend, fmt: str, history_tokens: int = 1024, store: SessionStore | None = None,
+                 tails: bool = False):  # fmt: skip
         self.backend = backend
         self.fmt = fmt
         self.history_tokens = history_tokens
         self.store = store
+        self.tails = tails
 
     def begin(
         self,
@@ -84,17 +93,23 @@ class Conversation:
         options: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         system: str | None = None,
+        tail: bool = True,
     ) -> Turn:
         """Resolve, window and build the prompt (raises InvalidAttribute on bad steering,
         ValueError on an empty line, PromptTooLong when even without history the prompt is
         longer than the model holds). `system` replaces the session's system text (a scene
-        member's card with the scene's line, steernpc.scene_turns)."""
+        member's card with the scene's line, steernpc.scene_turns). `tail` False: no
+        structured tail for this reply (it has none anyway unless the model writes tails)."""
         if not text or not text.strip():
             raise ValueError("text is empty: say something to the character")
         vector = persona.resolve(mood=session.mood or None, steer=session.steer, override=override)
         history = session.window(self.backend.count_tokens, self.history_tokens, step=HISTORY_STEP)
+        tails = self.tails
         if system is None:
-            system = system_text(persona, session.player_name, session.context)
+            system = system_text(persona, session.player_name, session.context, tails=tails)
+        elif tails:
+            system += "\n" + tail_card(persona.tail_spec)
+        tailed = tails and tail
 
         def build(history) -> str:
             return build_prompt(self.fmt, system, history, text, vector, persona.schema, self.backend.tokenizer)
@@ -113,8 +128,11 @@ class Conversation:
             if tokens > limit:
                 raise PromptTooLong(tokens, limit)
         request = GenerationRequest(
-            prompt, sampling_params(persona, options), stop_strings(self.fmt, self.backend.tokenizer), session.session_id
+            prompt, sampling_params(persona, options), stop_strings(self.fmt, self.backend.tokenizer, tail=tailed),
+            session.session_id,
         )
+        if tailed:
+            request.tail = TailRequest(tail_marker(self.fmt), tail_grammar(persona.tail_spec), persona.tail_spec)
         if request.params.guidance != 1.0:
             # the same conversation under the persona's own vector (profile and limits):
             # guidance amplifies how far mood, steer and override move the reply from it

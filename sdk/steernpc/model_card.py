@@ -20,6 +20,7 @@ Card (JSON, version 1):
      "schema": {"name": "npc", "attributes": [{"name", "min", "max", "default", "description"}]},
      "base_model": "...", "adapter": "..." | null, "merged": true,
      "created": "2025-01-01T00:00:00Z", "steernpc_version": "0.1.0",
+     "tail": true,                          # optional: trained to write the structured tail
      "onnx": {"file": "model.onnx", "precision": "int4", ...}      # onnx target only
      "trtllm": {...}}                                               # trtllm target only
 """
@@ -115,6 +116,8 @@ def read_model_card(folder: str | os.PathLike | None) -> dict | None:
         raise ModelCardError(f"{path}: eos_token_ids must be a list of integers")
     if not isinstance(card.get("schema"), dict):
         raise ModelCardError(f"{path}: schema is required: {{name, attributes: [...]}}")
+    if not isinstance(card.get("tail", False), bool):
+        raise ModelCardError(f"{path}: tail = {card.get('tail')!r} must be true or false (trained to write the structured tail)")
     try:
         schema = AttributeSchema.from_dict(card["schema"], f"{path}#schema")
     except ValueError as exc:
@@ -179,6 +182,12 @@ def trained_with(folder: str | os.PathLike) -> tuple[str | None, AttributeSchema
     if schema is None and isinstance(meta.get("schema"), str):
         schema = AttributeSchema.load(meta["schema"])
     return fmt, schema
+
+
+def writes_tail(folder: str | os.PathLike | None) -> bool:
+    """Whether a model or adapter folder says it was trained to write the structured tail
+    (steernpc.actions): `"tail": true` in its card or its training metadata."""
+    return read_card(folder).get("tail") is True
 
 
 def _folder(path: str | os.PathLike) -> Path:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from steernpc.actions import DEFAULT_EMOTIONS, ActionSpec, TailSpec, check_actions, check_emotions
 from steernpc.attributes import AttributeSchema, InvalidAttribute, resolve_attributes, resolve_layers
 from steernpc.generation.base import MAX_GUIDANCE
 from steernpc.yamlsource import Located, Problem, SourceError, load_located
@@ -19,7 +20,7 @@ ID_PATTERN = re.compile(r"^[a-z0-9_-]+$")
 TEXT_FIELDS = ("backstory", "speaking_style", "greeting")
 ALLOWED_FIELDS = (
     "id", "name", "role", "backstory", "speaking_style", "knowledge", "greeting",
-    "schema", "attributes", "moods", "limits", "generation",
+    "schema", "emotions", "attributes", "moods", "limits", "generation", "actions",
 )  # fmt: skip
 REQUIRED_FIELDS = ("id", "name", "role", "attributes")
 DEFAULT_SCHEMA = "npc"
@@ -64,6 +65,13 @@ class Persona:
     limits: dict[str, tuple[int, int]] = field(default_factory=dict)
     generation: GenerationSettings = GenerationSettings()
     source: str = ""
+    emotions: tuple[str, ...] = DEFAULT_EMOTIONS
+    actions: tuple[ActionSpec, ...] = ()
+
+    @property
+    def tail_spec(self) -> TailSpec:
+        """What this character's structured tail may say (steernpc.actions)."""
+        return TailSpec(self.emotions, self.actions)
 
     def card(self) -> str:
         """The character card: the persona part of the system message."""
@@ -241,6 +249,8 @@ def persona_from_located(src: Located, base_dir: Path | None = None) -> Persona:
                     limits[name] = limit
 
     generation = _check_generation(data.get("generation"), bad)
+    emotions = check_emotions(data.get("emotions"), bad)
+    actions = check_actions(data.get("actions"), bad)
 
     if problems:
         problems.sort(key=lambda p: p.line)
@@ -259,6 +269,8 @@ def persona_from_located(src: Located, base_dir: Path | None = None) -> Persona:
         limits=limits,
         generation=generation,
         source=src.file,
+        emotions=emotions,
+        actions=actions,
     )
 
 

@@ -8,6 +8,20 @@ of the base model's own chat template (SmolLM2 and most HF chat models).
 
 Training (`steernpc train sft`) and serving use the same `segments()`, so a model is trained
 on exactly the strings it is served with.
+
+The structured tail (steernpc.actions; opt-in: only a model trained with tails writes one).
+After the spoken reply the model writes the format's TAIL marker and one tail line:
+
+    nemo, verbal:  ...<extra_id_2>{labels}\n{reply}\n<extra_id_3>{tail}\n<extra_id_1>
+    chat:          the assistant message is  {reply}\n<tail>{tail}\n
+
+e.g. `{reply}\n<extra_id_3>angry call_guards()\n<extra_id_1>`. Only the last exchange of a
+training example carries a tail (the runtime keeps no tails in a session's history), and
+the reply, the marker, the tail line and the end of turn are tokenized as separate pieces,
+as the runtime generates them: the reply phase stops at the marker (it is never streamed),
+the runtime writes the marker itself, and the tail line is decoded under the persona's
+grammar. Without tails every prompt and training string is byte-identical to the formats
+above.
 """
 
 from __future__ import annotations
@@ -33,6 +47,20 @@ NEMO_STOP = NEMO_TURN
 # The chat format's label line, the last line of the system message.
 CHAT_LABEL_PREFIX = "Attributes: "
 
+# The structured tail's marker: it follows the reply (the reply phase stops at the marker
+# text without its newline, which the reply's trailing whitespace absorbs).
+NEMO_TAIL = "<extra_id_3>"
+CHAT_TAIL = "<tail>"
+
+
+def tail_marker(fmt: str) -> str:
+    """The text the runtime writes between a reply and its tail line."""
+    if fmt in NEMO_FORMATS:
+        return "\n" + NEMO_TAIL
+    if fmt == "chat":
+        return "\n" + CHAT_TAIL
+    raise ValueError(f"unknown prompt format {fmt!r}; formats: {', '.join(FORMATS)}")
+
 
 @dataclass
 class Exchange:
@@ -41,6 +69,7 @@ class Exchange:
     user: str
     reply: str | None = None
     labels: dict[str, int] = field(default_factory=dict)
+    tail: str | None = None  # the structured tail line (training only; steernpc.actions)
 
 
 def _label_line(schema: AttributeSchema, labels: Mapping[str, int] | str, words: bool = False) -> str:
@@ -59,23 +88,32 @@ def nemo_segments(
     never on system, user or label text (NeMo's mask "User").
     """
     out: list[tuple[str, bool]] = [(f"{NEMO_BOS}System\n{system}\n", False)]
+    apart: set[int] = set()
     marker = NEMO_TURN  # a reply's end-of-turn marker is also the next turn's opener
-    for ex in exchanges:
+    for i, ex in enumerate(exchanges):
         labels = _label_line(schema, ex.labels, words)
         out.append((f"{marker}User\n{ex.user}\n{NEMO_TURN}Assistant\n{NEMO_LABEL}{labels}\n", False))
         if ex.reply is not None:
-            out.append((f"{ex.reply}\n{NEMO_TURN}", True))
+            if ex.tail is not None and i == len(exchanges) - 1:
+                apart.update(range(len(out), len(out) + 4))
+                out += [(ex.reply, True), ("\n" + NEMO_TAIL, True), (ex.tail + "\n", True), (NEMO_TURN, True)]
+            else:
+                out.append((f"{ex.reply}\n{NEMO_TURN}", True))
             marker = ""
-    return _merge(out)
+    return _merge(out, apart)
 
 
-def _merge(pieces: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+def _merge(pieces: list[tuple[str, bool]], apart: set[int] = frozenset()) -> list[tuple[str, bool]]:
+    """Join neighbouring pieces that train alike, except those at the indexes in `apart`
+    (a tail's pieces, tokenized one by one as the runtime generates them)."""
     merged: list[tuple[str, bool]] = []
-    for text, trains in pieces:
-        if merged and merged[-1][1] == trains:
+    last_apart = False
+    for i, (text, trains) in enumerate(pieces):
+        if merged and merged[-1][1] == trains and not (i in apart or last_apart):
             merged[-1] = (merged[-1][0] + text, trains)
         elif text:
             merged.append((text, trains))
+        last_apart = i in apart
     return merged
 
 
@@ -105,10 +143,21 @@ def chat_segments(
     last = exchanges[-1]
     if last.reply is None:
         return [(prompt, False)]
-    full = _render(tokenizer, messages + [{"role": "assistant", "content": last.reply}], False)
+    content = last.reply if last.tail is None else f"{last.reply}\n{CHAT_TAIL}{last.tail}\n"
+    full = _render(tokenizer, messages + [{"role": "assistant", "content": content}], False)
     if not full.startswith(prompt):
         raise ValueError("this chat template does not render the conversation as a prefix of itself")
-    return _merge([(prompt, False), (full[len(prompt):], True)])
+    answer = full[len(prompt):]
+    if last.tail is None:
+        return _merge([(prompt, False), (answer, True)])
+    at = answer.find(content)
+    if at < 0:
+        raise ValueError("this chat template changes the assistant message; a tail cannot be placed in it")
+    reply_end = at + len(last.reply)
+    tail_end = reply_end + 1 + len(CHAT_TAIL) + len(last.tail) + 1
+    pieces = [(prompt, False), (answer[:reply_end], True), ("\n" + CHAT_TAIL, True),
+              (last.tail + "\n", True), (answer[tail_end:], True)]  # fmt: skip
+    return _merge(pieces, {1, 2, 3, 4})
 
 
 # -- both ------------------------------------------------------------------------------------
@@ -143,8 +192,11 @@ def build_prompt(
     return "".join(text for text, _ in pieces)
 
 
-def stop_strings(fmt: str, tokenizer: Any = None) -> list[str]:
-    """Text that ends a reply. (Backends also stop on the tokenizer's EOS id.)"""
+def stop_strings(fmt: str, tokenizer: Any = None, tail: bool = False) -> list[str]:
+    """Text that ends a reply. (Backends also stop on the tokenizer's EOS id.) With `tail`,
+    the reply also ends at the tail marker (the tail is never reply text)."""
+    if tail:
+        return [NEMO_TAIL if fmt in NEMO_FORMATS else CHAT_TAIL, *stop_strings(fmt, tokenizer)]
     if fmt in NEMO_FORMATS:
         return [NEMO_STOP]
     stops = []

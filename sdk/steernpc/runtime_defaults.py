@@ -42,3 +42,12 @@ def model_format(model: str | None, adapter: str | None = None) -> str:
         if fmt in FORMATS:
             return fmt
     return "chat"
+
+
+def model_tails(model: str | None, adapter: str | None = None) -> bool:
+    """Whether the served model writes the structured tail: its adapter's or its own card says
+    `"tail": true` (steernpc.model_card.writes_tail). Without it no request gets a tail."""
+    from steernpc.model_card import writes_tail
+
+    local_model = model if model and Path(model).exists() else None
+    return any(writes_tail(folder) for folder in (adapter, local_model) if folder)

@@ -39,6 +39,11 @@ class Script:
         self.disconnected = threading.Event()
         self.finish = "stop"
         self.sent = 0  # chunks written before the client went away
+        self.tail_chunks: list[str] | None = None  # sent instead of `chunks` to a structured-tail request
+
+    def chunks_for(self, body: dict) -> list[str]:
+        tail = body.get("prompt", "").endswith(("\n<extra_id_3>", "\n<tail>"))
+        return self.tail_chunks if tail and self.tail_chunks is not None else self.chunks
 
 
 @pytest.fixture
@@ -65,8 +70,9 @@ def scripted():
             self.end_headers()
             try:
                 self.wfile.write(b": ping\n\n")
-                for i, piece in enumerate(script.chunks):
-                    last = i == len(script.chunks) - 1
+                chunks = script.chunks_for(script.bodies[-1])
+                for i, piece in enumerate(chunks):
+                    last = i == len(chunks) - 1
                     chunk = {"choices": [{"index": 0, "text": piece, "finish_reason": script.finish if last else None}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
@@ -225,5 +231,47 @@ def test_llama_cpp_server_stops_generating_on_cancel(llama_server_process):
             time.sleep(0.05)
         short = backend.generate([req("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", n=3, temperature=0.0)])[0]
         assert short.reason in ("length", "stop") and short.completion_tokens >= 1
+    finally:
+        backend.close()
+
+
+def _tail_request():
+    from steernpc.actions import ActionSpec, ArgSpec, TailSpec, tail_grammar
+    from steernpc.generation import TailRequest
+    from steernpc.prompt import tail_marker
+
+    spec = TailSpec(("neutral", "angry"), (ActionSpec("call_guards"), ActionSpec("give_item", args=(ArgSpec("item", "enum", ("map",)),))))
+    request = req(stop=["<extra_id_3>", "<extra_id_1>"], temperature=0.0)
+    request.tail = TailRequest(tail_marker("nemo"), tail_grammar(spec), spec)
+    return request
+
+
+def test_llamacpp_gets_the_tail_grammar(scripted):
+    scripted.owned_by = "me"
+    scripted.chunks = ["Halt", " there", ".", "\n<extra_", "id_3>angry"]  # the model begins its own tail: cut
+    scripted.tail_chunks = ["angry give_item(", "item=map)", "\n"]
+    backend = RemoteBackend(url=scripted.url)
+    try:
+        final = backend.generate([_tail_request()])[0]
+        assert final.text == "Halt there." and final.tail_error is None
+        assert (final.tail.emotion, final.tail.action.name, final.tail.action.args) == ("angry", "give_item", {"item": "map"})
+        reply, tail = scripted.bodies[-2:]
+        assert "grammar" not in reply
+        assert tail["grammar"] == _tail_request().tail.grammar and tail["stop"] == ["\n"]
+        assert tail["prompt"] == reply["prompt"] + "Halt there.\n<extra_id_3>"
+    finally:
+        backend.close()
+
+
+def test_server_without_grammar_reports_an_invalid_tail_clearly(scripted):
+    scripted.owned_by = "vllm"
+    scripted.tail_chunks = ["furious attack()\n"]
+    backend = RemoteBackend(url=scripted.url, model="npc-model")
+    try:
+        final = backend.generate([_tail_request()])[0]
+        assert final.text == "Hello there, traveller." and final.tail is None
+        assert "grammar" not in scripted.bodies[-1]
+        assert final.tail_error == ("invalid tail 'furious attack()': emotion 'furious' is not declared; emotions: neutral, angry "
+                                    "(this vllm server takes no grammar here, so the tail was not constrained)")
     finally:
         backend.close()

@@ -106,3 +106,29 @@ def test_non_gpu_device_is_refused(tiny_model_dir):
 
         with pytest.raises(ValueError, match="NVIDIA GPUs"):
             TrtllmBackend(tiny_model_dir, device="cpu")
+
+
+def test_structured_tail_maps_to_guided_decoding(backend):
+    """The tail: a second request on prompt + reply + marker with
+    SamplingParams(guided_decoding=GuidedDecodingParams(grammar=...)); the stand-in
+    applies the grammar (as TensorRT-LLM's grammar backend would), so the tail parses."""
+    pytest.importorskip("llguidance")
+    from steernpc.actions import ActionSpec, TailSpec, tail_grammar
+    from steernpc.generation import TailRequest
+    from steernpc.prompt import tail_marker
+
+    assert backend.llm_kwargs["guided_decoding_backend"] == "xgrammar"
+    spec = TailSpec(("neutral", "angry"), (ActionSpec("call_guards"), ActionSpec("open_shop")))
+    request = GenerationRequest(chat("Thief!"), SamplingParams(max_new_tokens=5, temperature=0.7, seed=2), ["<tail>"],
+                                tail=TailRequest(tail_marker("chat"), tail_grammar(spec), spec))
+    before = len(backend.llm.requests)
+    final = backend.submit(request).result(120)
+    assert final.tail_error is None, final.tail_error
+    assert final.tail.emotion in ("neutral", "angry") and final.tail_tokens >= 2
+    assert "<tail>" not in final.text and final.tail_text not in final.text
+    reply, tail = backend.llm.requests[before:]
+    assert reply["sampling_params"].guided_decoding is None
+    guided = tail["sampling_params"].guided_decoding
+    assert guided.grammar == tail_grammar(spec) and guided.json is None and guided.regex is None
+    marker = backend.tokenizer("\n<tail>", add_special_tokens=False)["input_ids"]
+    assert tail["ids"][: len(reply["ids"])] == reply["ids"] and tail["ids"][-len(marker):] == marker

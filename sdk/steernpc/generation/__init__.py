@@ -8,6 +8,7 @@ from steernpc.generation.base import (
     GenerationRequest,
     QueueFull,
     SamplingParams,
+    TailRequest,
 )
 from steernpc.generation.stream import Stream
 
@@ -45,5 +46,6 @@ __all__ = [
     "QueueFull",
     "SamplingParams",
     "Stream",
+    "TailRequest",
     "create_backend",
 ]

@@ -58,6 +58,21 @@ class SamplingParams:
         return self
 
 
+MAX_TAIL_TOKENS = 64
+
+
+@dataclass
+class TailRequest:
+    """Ask for the structured tail (steernpc.actions) after the reply: the runtime writes
+    `marker` where the reply ends, then decodes at most `max_tokens` tokens under `grammar`
+    (GBNF) and parses them against `spec` (a steernpc.actions.TailSpec)."""
+
+    marker: str
+    grammar: str
+    spec: Any
+    max_tokens: int = MAX_TAIL_TOKENS
+
+
 @dataclass
 class GenerationRequest:
     prompt: str
@@ -70,6 +85,8 @@ class GenerationRequest:
     # With params.guidance != 1: the prompt that guidance steers away from (the same
     # conversation under the persona's own vector). Without one, guidance is off.
     guide_prompt: str | None = None
+    # The structured tail after the reply (None: no tail; the reply is all there is).
+    tail: TailRequest | None = None
 
     @property
     def guided(self) -> bool:
@@ -93,6 +110,25 @@ class Finished:
     total_ms: float = 0.0
     error: str | None = None
     token_ids: list[int] = field(default_factory=list)  # the reply's tokens (without EOS), where known
+    # The structured tail (when the request asked for one): parsed (steernpc.actions.Tail),
+    # its raw line, and why there is none if it could not be read.
+    tail: Any = None
+    tail_text: str = ""
+    tail_error: str | None = None
+    tail_tokens: int = 0
+    tail_ms: float = 0.0  # time from the end of the reply to the end of the tail
+
+
+def read_tail(request: GenerationRequest, text: str, final: Finished) -> Finished:
+    """Parse a tail line for `request` into `final` (tail, tail_text or tail_error)."""
+    from steernpc.actions import TailError, parse_tail
+
+    final.tail_text = text.rstrip("\n")
+    try:
+        final.tail = parse_tail(text, request.tail.spec)
+    except TailError as exc:
+        final.tail_error = f"invalid tail {final.tail_text!r}: {exc}"
+    return final
 
 
 def finished_from(job: Any, reason: str, error: str | None = None) -> Finished:

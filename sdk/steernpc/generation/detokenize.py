@@ -97,3 +97,18 @@ class TextAssembler:
     @property
     def text(self) -> str:
         return self._stops.text
+
+
+def reply_token_count(tokenizer: Any, generated: Sequence[int], stops: Sequence[str]) -> int:
+    """How many of `generated` tokens the reply's text takes when it ended at one of `stops`
+    (a stop string, the structured tail's marker): the tokens of that text and what came
+    after it do not belong to the reply (the runtime writes the tail's marker itself)."""
+    text = tokenizer.decode(list(generated), skip_special_tokens=True)
+    cuts = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    if not cuts:
+        return len(generated)
+    target = len(text[: min(cuts)].rstrip())
+    keep = len(generated)
+    while keep > 0 and len(tokenizer.decode(list(generated[:keep]), skip_special_tokens=True)) > target:
+        keep -= 1
+    return keep

@@ -18,6 +18,13 @@ Stop strings are sent to the server and also enforced here (servers cap how many
 take, and text arriving in pieces may hide one), with the same whitespace handling as the
 embedded backends: leading and trailing whitespace of a reply is dropped.
 
+The structured tail (GenerationRequest.tail): once the reply has streamed, a second
+completion on prompt + reply + the format's marker asks for one tail line. llama.cpp's
+server constrains it with the persona's grammar (`grammar`: GBNF, what steernpc.actions
+writes); servers without a grammar option here (OpenAI, vLLM, trtllm-serve) generate it
+unconstrained, and a tail that does not parse is reported in Finished.tail_error, saying
+that the server did not constrain it.
+
 Standard library only (http.client): one thread per running request, bounded.
 """
 
@@ -36,7 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, refuse_guidance
+from steernpc.generation.base import (
+    Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, read_tail, refuse_guidance,
+)  # fmt: skip
 from steernpc.generation.detokenize import TextStops
 from steernpc.generation.stream import Stream
 
@@ -278,7 +287,10 @@ class RemoteBackend(Backend):
                 tail = job.stops.finish() if reason != "cancelled" else ""
                 if tail:
                     job.stream.push(Delta(tail))
-            job.stream.push(self._finished(job, reason, error))
+            final = self._finished(job, reason, error)
+            if reason in ("stop", "length") and job.request.tail is not None and not job.stream.cancelled:
+                self._tail(job, final)
+            job.stream.push(final)
 
     def _run(self, job: _Job) -> tuple[str, str | None]:
         conn = self._connection(self.connect_timeout)
@@ -326,6 +338,49 @@ class RemoteBackend(Backend):
         if job.stream.cancelled:
             return "cancelled", None
         return ("length" if reason == "length" else "stop"), None
+
+    @property
+    def constrains_tail(self) -> bool:
+        """Whether this server takes the tail's grammar (llama.cpp's `grammar`)."""
+        return self.dialect == "llamacpp"
+
+    def tail_body(self, request: GenerationRequest, reply: str) -> dict:
+        body = self.body(request)
+        body.update(prompt=request.prompt + reply + request.tail.marker, max_tokens=request.tail.max_tokens, stop=["\n"])
+        body.pop("ignore_eos", None)
+        if self.constrains_tail:
+            body["grammar"] = request.tail.grammar
+        return body
+
+    def _tail(self, job: _Job, final: Finished) -> None:
+        """The structured tail after the reply (see the module doc); never streamed."""
+        started = time.perf_counter()
+        conn = self._connection(self.connect_timeout)
+        try:
+            conn.request("POST", f"{self._prefix}/completions", body=json.dumps(self.tail_body(job.request, job.stops.text)).encode(),
+                         headers=self._headers())  # fmt: skip
+            resp = conn.getresponse()
+            if resp.status != 200:
+                final.tail_error = f"the tail request failed: HTTP {resp.status}: {resp.read(500).decode('utf-8', 'replace')}"
+                return
+            text = ""
+            for data in _sse_data(resp):
+                if data == "[DONE]":
+                    break
+                for choice in json.loads(data).get("choices") or []:
+                    text += choice.get("text") or ""
+                if "\n" in text:
+                    break
+            read_tail(job.request, text.split("\n", 1)[0], final)
+            if final.tail_error and not self.constrains_tail:
+                final.tail_error += f" (this {self.dialect} server takes no grammar here, so the tail was not constrained)"
+            if self.tokenizer is not None:
+                final.tail_tokens = self.count_tokens(final.tail_text)
+        except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
+            final.tail_error = f"the tail request failed: {type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+            final.tail_ms = (time.perf_counter() - started) * 1000.0
 
     def _abort(self, job: _Job) -> None:
         """Close the request's HTTP stream now (from any thread)."""

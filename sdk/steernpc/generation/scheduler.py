@@ -16,6 +16,16 @@ side and join the batch together, both decode in the same forward pass, and each
 drawn once from the combined log-probs and fed to both rows. The guide row streams
 nothing and leaves the batch with its request; its K/V parks under the session's guide
 key, so the next guided turn of that session also computes only its new tokens.
+
+A request with a structured tail (GenerationRequest.tail, steernpc.actions) has two
+phases. The reply phase samples freely and streams; it ends where the reply would end
+(an end-of-turn token, a stop string, the tail marker in the text, or max_new_tokens). The
+reply's tokens stay; whatever followed the reply's text (a stop string, a marker the model
+began) leaves the KV slot (the slot's length is cut back), and the runtime writes the
+format's marker itself in one prefill chunk (on both rows of a guided pair). The tail
+phase then draws every token through the request's grammar (a token bitmask on the
+logits, steernpc.generation.grammar), streams nothing and ends when the grammar is
+complete; the Finished event carries the parsed tail.
 """
 
 from __future__ import annotations
@@ -28,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from steernpc.generation.base import Delta, Finished, GenerationRequest, PromptTooLong, QueueFull, finished_from
-from steernpc.generation.detokenize import TextAssembler
+from steernpc.generation.base import (
+    Delta, Finished, GenerationRequest, PromptTooLong, QueueFull, finished_from, read_tail,
+)  # fmt: skip
+from steernpc.generation.detokenize import TextAssembler, reply_token_count
 from steernpc.generation.kv_slots import KvSlots
 from steernpc.generation.sampling import Sampler
 from steernpc.generation.stream import Stream
@@ -57,6 +69,11 @@ class Job:
     guide: "Job | None" = None  # a guided request's guide row (a Job that streams nothing)
     guides: "Job | None" = None  # on a guide row: the request it guides
     last_logits: Any = None  # a pair member's prompt logits, until its partner is prefilled too
+    constraint: Any = None  # the tail's grammar matcher (generation.grammar.TailConstraint) once the tail began
+    tail_ids: list[int] = field(default_factory=list)
+    reply_reason: str = ""  # why the reply phase ended (the Finished reason of a tailed request)
+    reply_flushed: bool = False
+    tail_started_at: float = 0.0
 
     @property
     def cache_key(self) -> str | None:
@@ -135,6 +152,10 @@ class Scheduler:
         stops = [] if request.params.ignore_eos else request.stop
         stop_ids = frozenset(self._special_ids[s] for s in stops if s in self._special_ids)
         job = Job(request, stream, ids, time.perf_counter(), TextAssembler(self.tokenizer, stops), stop_ids)
+        if request.tail is not None:
+            from steernpc.generation.grammar import TailConstraint
+
+            job.constraint = TailConstraint(self.tokenizer, request.tail.grammar)  # (raises on a bad grammar)
         with self._cond:
             if self._closed:
                 raise RuntimeError("backend is closed")
@@ -297,6 +318,8 @@ class Scheduler:
             own = logits[row]
             if job.guide is not None:
                 own = guided_logits(own, logits[jobs.index(job.guide)], job.request.params.guidance)
+            if job.tail_started_at:
+                own = job.constraint.mask(np.array(own, dtype=np.float32))
             tokens[id(job)] = job.sampler.sample(own)
         for job in jobs:
             if job.guides is None:
@@ -307,7 +330,13 @@ class Scheduler:
             job.guide.next_token = token  # the guide row reads the same reply
         if job.first_token_at is None:
             job.first_token_at = time.perf_counter()
+        if job.tail_started_at:
+            self._emit_tail(job, token)
+            return
         if token in job.stop_ids or (token in self.eos_ids and not job.request.params.ignore_eos):
+            if job.request.tail is not None:
+                self._start_tail(job, "stop")
+                return
             job.hit_eos = True
             self._retire(job, "stop")
             return
@@ -317,20 +346,84 @@ class Scheduler:
         delta = job.assembler.add(token)
         if delta:
             job.stream.push(Delta(delta))
+        reason = None
         if job.assembler.stopped:
-            self._retire(job, "stop")
+            reason = "stop"
         elif len(job.generated) >= job.request.params.max_new_tokens:
-            self._retire(job, "length")
+            reason = "length"
         elif max(len(self.kv[self._running.index(m)].tokens) for m in job.pair) + 1 >= self.max_len:
-            self._retire(job, "length")
+            reason = "length"
+        if reason is None:
+            return
+        if job.request.tail is not None:
+            self._start_tail(job, reason)
+        else:
+            self._retire(job, reason)
 
-    def _retire(self, job: Job, reason: str) -> None:
+    # -- the structured tail -----------------------------------------------------------------
+    def _start_tail(self, job: Job, reason: str) -> None:
+        """End the reply phase: flush the reply's text, cut the slot back to the reply, write
+        the marker (one prefill chunk per row) and draw the tail's first token."""
+        job.reply_reason = reason
+        rest = job.assembler.finish()
+        job.reply_flushed = True
+        if rest:
+            job.stream.push(Delta(rest))
+        job.tail_started_at = time.perf_counter()
+        if job.assembler.stopped:
+            job.generated = job.generated[: reply_token_count(self.tokenizer, job.generated, job.request.stop)]
+        marker = self.tokenizer(job.request.tail.marker, add_special_tokens=False)["input_ids"]
+        room = self.max_len - 1 - job.request.tail.max_tokens
+        if max(len(m.prompt_ids) for m in job.pair) + len(job.generated) + len(marker) > room:
+            self._retire(job, reason, tail_error=f"no room for the tail: the model holds {self.max_len} tokens")
+            return
+        rows = []
+        for member in job.pair:
+            row = self._running.index(member)
+            slot = self.kv[row]
+            sequence = member.prompt_ids + job.generated
+            have = min(len(slot.tokens), len(sequence))
+            del slot.tokens[have:]  # what followed the reply's text leaves the slot
+            chunk = sequence[have:] + marker
+            rows.append(self.runner.prefill(row, have, chunk))
+            slot.tokens.extend(chunk)
+        logits = rows[0]
+        if job.guide is not None:
+            logits = guided_logits(logits, rows[1], job.request.params.guidance)
+        self._emit(job, job.sampler.sample(job.constraint.mask(np.array(logits, dtype=np.float32))))
+
+    def _emit_tail(self, job: Job, token: int) -> None:
+        ended = token in self.eos_ids or token in job.stop_ids
+        if not ended:
+            if not job.constraint.accept(token):  # (cannot happen under the mask; kept as a guard)
+                self._retire(job, job.reply_reason, tail_error=f"the grammar refused token {token}: {job.constraint.error}")
+                return
+            job.tail_ids.append(token)
+            job.next_token = token
+        if ended or job.constraint.done:
+            self._retire(job, job.reply_reason)
+        elif len(job.tail_ids) >= job.request.tail.max_tokens:
+            self._retire(job, job.reply_reason, tail_error=f"the tail did not end within {job.request.tail.max_tokens} tokens")
+        elif max(len(self.kv[self._running.index(m)].tokens) for m in job.pair) + 1 >= self.max_len:
+            self._retire(job, job.reply_reason, tail_error="the tail ran out of room in the model's context")
+
+    def _retire(self, job: Job, reason: str, tail_error: str | None = None) -> None:
         for member in reversed(job.pair):
             self._leave(member)
-        tail = job.assembler.finish()
-        if tail:
-            job.stream.push(Delta(tail))
-        job.stream.push(finished_from(job, reason))
+        if not job.reply_flushed:
+            rest = job.assembler.finish()
+            if rest:
+                job.stream.push(Delta(rest))
+        final = finished_from(job, reason)
+        if job.tail_started_at and reason != "cancelled":
+            final.tail_tokens = len(job.tail_ids)
+            final.tail_ms = (time.perf_counter() - job.tail_started_at) * 1000.0
+            if tail_error:
+                final.tail_error = tail_error
+                final.tail_text = self.tokenizer.decode(job.tail_ids, skip_special_tokens=True)
+            else:
+                read_tail(job.request, self.tokenizer.decode(job.tail_ids, skip_special_tokens=True), final)
+        job.stream.push(final)
 
     def _leave(self, job: Job) -> None:
         """Take `job`'s row out of the batch and park its slot; the last row fills the hole."""

@@ -22,6 +22,12 @@ How it maps the runtime's interface onto the LLM API:
   by itself. The prefix a prompt shares with other sessions' recent prompts (the persona
   card) is marked with `KvCacheRetentionConfig(TokenRangeRetentionConfig(0, n, priority))`
   so it is the last to be evicted.
+- the structured tail (GenerationRequest.tail): once the reply has streamed, a second
+  `generate_async` on prompt + reply tokens + the format's marker, with
+  `SamplingParams(guided_decoding=GuidedDecodingParams(grammar=GBNF))` (the LLM is built
+  with `guided_decoding_backend="xgrammar"`, TensorRT-LLM's default grammar engine, or
+  `guided_backend="llguidance"`); its tokens are parsed, never streamed. Block reuse
+  serves the shared prefix, so the second request computes only the marker.
 - per-character LoRA: adapters named in `adapters={name: folder}` (or `adapter=` for all
   requests) are served unmerged through `LoRARequest(name, id, folder)`; a request picks
   one with a `.adapter` attribute (GenerationRequest has none yet: the runtime sets it
@@ -40,7 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steernpc.generation.base import Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from, refuse_guidance
+from steernpc.generation.base import (
+    Backend, BackendUnavailable, Delta, Finished, GenerationRequest, QueueFull, finished_from, read_tail, refuse_guidance,
+)  # fmt: skip
+from steernpc.generation.detokenize import reply_token_count
 from steernpc.generation.detokenize import TextAssembler
 from steernpc.generation.kv_slots import common_prefix
 from steernpc.generation.sampling import eos_ids
@@ -86,6 +95,8 @@ class _Api:
         self.LLM, self.SamplingParams = LLM, SamplingParams
         self.KvCacheConfig, self.KvCacheRetentionConfig = KvCacheConfig, KvCacheRetentionConfig
         self.LoRARequest = _first_attr(("tensorrt_llm.llmapi", "tensorrt_llm.executor.request"), "LoRARequest")
+        # guided decoding (the structured tail): documented in tensorrt_llm.llmapi
+        self.GuidedDecodingParams = _first_attr(("tensorrt_llm.llmapi", "tensorrt_llm.sampling_params"), "GuidedDecodingParams")
         self.LoraConfig = _first_attr(
             ("tensorrt_llm.llmapi", "tensorrt_llm.lora_manager", "tensorrt_llm._torch.peft.lora.config"), "LoraConfig"
         )
@@ -208,6 +219,7 @@ class TrtllmBackend(Backend):
         prefix_min_tokens: int = 32,
         llm_options: dict | None = None,
         tokenizer: Any = None,
+        guided_backend: str | None = "xgrammar",
     ):
         api = load_api()
         if device not in (None, "auto") and not str(device).startswith("cuda"):
@@ -236,6 +248,8 @@ class TrtllmBackend(Backend):
         lora = dict(options.pop("lora_config", None) or {})
         if self.adapters:
             lora.update(lora_options(self.adapters))
+        if guided_backend and api.GuidedDecodingParams is not None:
+            options.setdefault("guided_decoding_backend", guided_backend)  # the structured tail's grammar engine
         options.update(llm_options or {})
         kwargs: dict[str, Any] = {"model": str(checkpoint), "kv_cache_config": api.KvCacheConfig(**kv)}
         if lora:
@@ -286,6 +300,22 @@ class TrtllmBackend(Backend):
         stop_ids = sorted({self._special[s] for s in request.stop if s in self._special} | (self.eos_ids - {self.tokenizer.eos_token_id}))
         if stop_ids:
             kwargs["stop_token_ids"] = stop_ids
+        if self.tokenizer.eos_token_id is not None:
+            kwargs["end_id"] = int(self.tokenizer.eos_token_id)
+        return self.api.SamplingParams(**kwargs)
+
+    def tail_sampling_params(self, request: GenerationRequest) -> Any:
+        """The tail's request: at most tail.max_tokens tokens under the persona's grammar."""
+        if self.api.GuidedDecodingParams is None:
+            raise BackendUnavailable(f"this TensorRT-LLM ({self.api.version}) has no GuidedDecodingParams; "
+                                     "the structured tail needs guided decoding (or send tail off)")  # fmt: skip
+        p = request.params
+        kwargs: dict[str, Any] = {"max_tokens": request.tail.max_tokens, "temperature": p.temperature,
+                                  "guided_decoding": self.api.GuidedDecodingParams(grammar=request.tail.grammar)}  # fmt: skip
+        if p.temperature > 0:
+            kwargs["top_p"] = p.top_p
+        if p.seed is not None:
+            kwargs["seed"] = int(p.seed)
         if self.tokenizer.eos_token_id is not None:
             kwargs["end_id"] = int(self.tokenizer.eos_token_id)
         return self.api.SamplingParams(**kwargs)
@@ -413,9 +443,33 @@ class TrtllmBackend(Backend):
                 tail = job.assembler.finish()
                 if tail:
                     job.stream.push(Delta(tail))
-            job.stream.push(self._finished(job, reason, error))
+            final = self._finished(job, reason, error)
+            if reason in ("stop", "length") and job.request.tail is not None and not job.stream.cancelled:
+                await self._tail(job, final)
+            job.stream.push(final)
             with self._lock:
                 self._jobs.discard(job)
+
+    async def _tail(self, job: _Job, final: Finished) -> None:
+        """The structured tail, generated under the grammar after the reply (see the module doc)."""
+        started = time.perf_counter()
+        try:
+            reply = job.generated[: reply_token_count(self.tokenizer, job.generated, job.request.stop)]
+            marker = self.tokenizer(job.request.tail.marker, add_special_tokens=False)["input_ids"]
+            handle = self.llm.generate_async(job.prompt_ids + reply + marker, sampling_params=self.tail_sampling_params(job.request),
+                                             lora_request=self.lora_request(job.request), streaming=True)  # fmt: skip
+            job.handle = handle
+            tokens: list[int] = []
+            async for output in handle:
+                tokens = [t for t in (output.outputs[0].token_ids or []) if t not in self.eos_ids]
+                if job.stream.cancelled:
+                    _abort(handle)
+                    return
+            read_tail(job.request, self.tokenizer.decode(tokens, skip_special_tokens=True), final)
+            final.tail_tokens = len(tokens)
+        except Exception as exc:  # noqa: BLE001 - reported on the reply's final event
+            final.tail_error = f"the tail could not be generated: {type(exc).__name__}: {exc}"
+        final.tail_ms = (time.perf_counter() - started) * 1000.0
 
     async def _watch(self) -> None:
         """Abort cancelled requests promptly, even while they wait for their next token."""

@@ -40,6 +40,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser, studio: bool = False) -
     parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--backend-url", default=None, help="remote backend: base URL of an OpenAI-compatible server")
     parser.add_argument("--format", choices=FORMATS, default=None, help="prompt format (default: from the model, else chat)")
+    parser.add_argument("--tails", choices=("auto", "on", "off"), default="auto",
+                        help="the structured tail (emotion, action) after each reply: auto = when the model card says "
+                             "the model was trained with tails")  # fmt: skip
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     if studio:
@@ -88,7 +91,7 @@ def build_backend(args: argparse.Namespace):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from steernpc.runtime_defaults import model_format
+    from steernpc.runtime_defaults import model_format, model_tails
     from steernpc.limits import MAX_MESSAGE_BYTES
     from steernpc.server.auth import ApiKeyInterceptor
     from steernpc.server.guard import RequestGuard
@@ -151,6 +154,7 @@ async def serve(args: argparse.Namespace) -> None:
             studio[2].error = f"{type(exc).__name__}: {exc}"
         raise
     servicer.fmt = args.format or model_format(args.model, adapter)
+    servicer.tails = args.tails == "on" or (args.tails == "auto" and model_tails(args.model, adapter))
     servicer.backend = backend
     if studio is not None:
         from steernpc.server.gateway import find_steerability

@@ -94,6 +94,7 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
         self.store = store
         self.backend = backend  # None while the model loads
         self.fmt = fmt
+        self.tails = False  # the model writes the structured tail (its model card says so; serve sets it)
         self.history_tokens = history_tokens
         self.metrics = metrics or Metrics()
         # One lock per session, kept only while someone holds or awaits it.
@@ -316,9 +317,10 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
             session = await self._session(request.session_id)
             persona = self._persona(session.character_id)
             override = self._check_attributes(persona, request.attributes)
-            conversation = Conversation(backend, self.fmt, self.history_tokens, self.store)
+            conversation = Conversation(backend, self.fmt, self.history_tokens, self.store, tails=self.tails)
             try:
-                turn = conversation.begin(persona, session, request.text, override, _say_options(request.options), interaction_id)
+                turn = conversation.begin(persona, session, request.text, override, _say_options(request.options), interaction_id,
+                                          tail=not request.options.disable_tail)  # fmt: skip
                 if waiting.cancelled:  # cancelled before its turn came: nothing to generate
                     turn.request.params.validate()  # what submit would have refused is still refused
                     final = Finished("", "cancelled")
@@ -375,7 +377,12 @@ class NpcServicer(pb_grpc.NpcServiceServicer):
                     time_to_first_token_ms=final.ttft_ms,
                     total_ms=final.total_ms,
                     cached_tokens=final.cached_tokens,
+                    tail_tokens=final.tail_tokens,
+                    tail_ms=final.tail_ms,
                 ),
+                emotion=final.tail.emotion if final.tail else "",
+                actions=[pb.Action(name=a.name, args=a.args) for a in final.tail.actions] if final.tail else [],
+                tail_error=final.tail_error or "",
             ),
         )
 

@@ -37,7 +37,7 @@ SAMPLING_FIELDS = {
     "min_p", "logprobs", "prompt_logprobs", "return_context_logits", "return_generation_logits",
     "exclude_input_from_output", "return_encoder_output", "return_perf_metrics", "detokenize",
     "add_special_tokens", "truncate_prompt_tokens", "skip_special_tokens", "spaces_between_special_tokens",
-    "ignore_eos",
+    "ignore_eos", "guided_decoding",
 }  # fmt: skip
 
 # LLM() keyword arguments this stand-in accepts (TorchLlmArgs fields the backend may pass).
@@ -46,6 +46,7 @@ LLM_FIELDS = {
     "pipeline_parallel_size", "dtype", "revision", "tokenizer_revision", "backend", "max_batch_size",
     "max_num_tokens", "max_seq_len", "max_beam_width", "kv_cache_config", "lora_config", "enable_lora",
     "peft_cache_config", "scheduler_config", "enable_chunked_prefill", "cuda_graph_config",
+    "guided_decoding_backend",
 }  # fmt: skip
 
 
@@ -64,6 +65,7 @@ class SamplingParams:
         self.end_id = None
         self.repetition_penalty = None
         self.ignore_eos = False
+        self.guided_decoding = None
         for key, value in kwargs.items():
             setattr(self, key, value)
 
@@ -170,6 +172,14 @@ class LLM:
         out: list[int] = []
         past = None
         inputs = torch.tensor([ids])
+        matcher = None
+        guide = sp.guided_decoding
+        if guide is not None:
+            if not self.kwargs.get("guided_decoding_backend"):
+                raise ValueError("guided decoding needs LLM(guided_decoding_backend=...)")
+            from steernpc.generation.grammar import TailConstraint  # llguidance over a GBNF grammar
+
+            matcher = TailConstraint(self.tokenizer, guide.grammar)
         finish = None
         while finish is None:
             if result._aborted:
@@ -179,6 +189,9 @@ class LLM:
                 o = self.model(input_ids=inputs, use_cache=True, **{self._cache_kwarg: past})
             past = getattr(o, "cache", None) or o.past_key_values
             logits = o.logits[0, -1].float()
+            if matcher is not None:  # guided decoding: the grammar's token bitmask (as xgrammar/llguidance do there)
+                allowed = matcher.allowed(logits.shape[-1])
+                logits = logits.masked_fill(~torch.from_numpy(allowed), float("-inf"))
             if not sp.temperature:
                 token = int(torch.argmax(logits))
             else:
@@ -191,8 +204,14 @@ class LLM:
                 finish = "stop"
                 break
             out.append(token)
+            if matcher is not None:
+                matcher.accept(token)
+                if matcher.done:
+                    finish = "stop"
             text = self.tokenizer.decode(out, skip_special_tokens=True)
-            if any(s in text for s in stops):
+            if finish is not None:
+                pass
+            elif any(s in text for s in stops):
                 finish = "stop"
             elif len(out) >= sp.max_tokens:
                 finish = "length"

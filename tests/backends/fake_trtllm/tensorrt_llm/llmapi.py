@@ -68,3 +68,14 @@ class LoraConfig:
     trtllm_modules_to_hf_modules: dict = field(default_factory=dict)
     max_loras: int | None = None
     max_cpu_loras: int | None = None
+
+
+@dataclass(kw_only=True)
+class GuidedDecodingParams:
+    """tensorrt_llm.llmapi.GuidedDecodingParams: only one of the fields is effective."""
+
+    json: Any = None
+    regex: str | None = None
+    grammar: str | None = None  # EBNF (GBNF)
+    json_object: bool = False
+    structural_tag: str | None = None
