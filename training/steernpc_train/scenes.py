@@ -32,7 +32,7 @@ from typing import Any, Mapping
 from steernpc.scene_turns import member_system
 from steernpc.scenes import PLAYER_ID, Scene
 
-from steernpc_train.data import Conversation, DataError, Turn
+from steernpc_train.records import Conversation, DataError, Turn
 
 
 @dataclass
