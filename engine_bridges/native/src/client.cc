@@ -548,104 +548,85 @@ bool Client::WaitConnected(int timeout_ms) {
 // ------------------------------------------------------------------------------------------
 // Blocking unary calls.
 
-grpc::Status Client::ListCharacters(v1::ListCharactersResponse* out) {
+// One blocking unary call with the client's metadata and default deadline.
+template <typename Request, typename Response>
+grpc::Status Client::Unary(grpc::Status (v1::NpcService::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                           const Request& req, Response* out) {
   grpc::ClientContext ctx;
   PrepareContext(&ctx, options_.default_deadline_ms);
-  return stub_->ListCharacters(&ctx, v1::ListCharactersRequest(), out);
+  return (stub_.get()->*method)(&ctx, req, out);
+}
+
+grpc::Status Client::ListCharacters(v1::ListCharactersResponse* out) {
+  return Unary(&v1::NpcService::Stub::ListCharacters, v1::ListCharactersRequest(), out);
 }
 
 grpc::Status Client::CreateSession(const v1::CreateSessionRequest& req, v1::Session* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
-  return stub_->CreateSession(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::CreateSession, req, out);
 }
 
 grpc::Status Client::GetSession(const std::string& session_id, v1::Session* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
   v1::GetSessionRequest req;
   req.set_session_id(session_id);
-  return stub_->GetSession(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::GetSession, req, out);
 }
 
 grpc::Status Client::DeleteSession(const std::string& session_id) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
   v1::DeleteSessionRequest req;
   req.set_session_id(session_id);
   v1::DeleteSessionResponse resp;
-  return stub_->DeleteSession(&ctx, req, &resp);
+  return Unary(&v1::NpcService::Stub::DeleteSession, req, &resp);
 }
 
 grpc::Status Client::Steer(const v1::SteerRequest& req, v1::Session* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
-  return stub_->Steer(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::Steer, req, out);
 }
 
 grpc::Status Client::ExportSession(const std::string& session_id, v1::SessionSnapshot* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
   v1::ExportSessionRequest req;
   req.set_session_id(session_id);
-  return stub_->ExportSession(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::ExportSession, req, out);
 }
 
 grpc::Status Client::ImportSession(const std::string& data, v1::Session* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
   v1::ImportSessionRequest req;
   req.set_data(data);
-  return stub_->ImportSession(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::ImportSession, req, out);
 }
 
 grpc::Status Client::CreateScene(const v1::CreateSceneRequest& req, v1::Scene* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
-  return stub_->CreateScene(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::CreateScene, req, out);
 }
 
 grpc::Status Client::GetScene(const v1::GetSceneRequest& req, v1::Scene* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
-  return stub_->GetScene(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::GetScene, req, out);
 }
 
 grpc::Status Client::DeleteScene(const std::string& scene_id) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
   v1::DeleteSceneRequest req;
   req.set_scene_id(scene_id);
   v1::DeleteSceneResponse resp;
-  return stub_->DeleteScene(&ctx, req, &resp);
+  return Unary(&v1::NpcService::Stub::DeleteScene, req, &resp);
 }
 
 grpc::Status Client::JoinScene(const v1::JoinSceneRequest& req, v1::Scene* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
-  return stub_->JoinScene(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::JoinScene, req, out);
 }
 
 grpc::Status Client::LeaveScene(const v1::LeaveSceneRequest& req, v1::Scene* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
-  return stub_->LeaveScene(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::LeaveScene, req, out);
 }
 
 grpc::Status Client::ExportScene(const std::string& scene_id, v1::SceneSnapshot* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
   v1::ExportSceneRequest req;
   req.set_scene_id(scene_id);
-  return stub_->ExportScene(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::ExportScene, req, out);
 }
 
 grpc::Status Client::ImportScene(const std::string& data, v1::Scene* out) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx, options_.default_deadline_ms);
   v1::ImportSceneRequest req;
   req.set_data(data);
-  return stub_->ImportScene(&ctx, req, out);
+  return Unary(&v1::NpcService::Stub::ImportScene, req, out);
 }
 
 }  // namespace steernpc

@@ -241,6 +241,9 @@ class Client {
 
  private:
   friend class CancelOp;
+  template <typename Request, typename Response>
+  grpc::Status Unary(grpc::Status (v1::NpcService::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                     const Request& req, Response* out);
   void Loop();
   void CheckCancelDeadlines();
   void CancelOpDone(Op* op);
