@@ -27,6 +27,7 @@ from steernpc.scenes import PLAYER_ID, Line, Member, Scene
 from steernpc.sessions.snapshot import (
     SNAPSHOT_FORMAT,
     SnapshotError,
+    _context,
     _expect_str,
     _int_map,
     _is_int,
@@ -117,12 +118,7 @@ def scene_from_dict(obj: dict) -> Scene:
     if not isinstance(obj["scene_id"], str) or not obj["scene_id"]:
         raise SnapshotError(f"scene_id must be a non-empty string, got {_kind(obj['scene_id'])}")
     _expect_str(obj["player_name"], "player_name")
-    context = obj["context"]
-    if not isinstance(context, dict):
-        raise SnapshotError(f"context must be a map of string to string, got {_kind(context)}")
-    for k, v in context.items():
-        _expect_str(k, "context key")
-        _expect_str(v, f"context[{echo(k)}]")
+    context = _context(obj["context"])
     seed = obj["seed"]
     if not _is_int(seed) or seed < 0:
         raise SnapshotError(f"seed must be a non-negative integer, got {_kind(seed)}")

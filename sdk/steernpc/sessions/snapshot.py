@@ -127,12 +127,7 @@ def session_from_dict(obj: Any) -> Session:
     for key in ("mood", "player_name"):
         _expect_str(obj[key], key)
     steer = _int_map(obj["steer"], "steer")
-    context = obj["context"]
-    if not isinstance(context, dict):
-        raise SnapshotError(f"context must be a map of string to string, got {_kind(context)}")
-    for k, v in context.items():
-        _expect_str(k, "context key")
-        _expect_str(v, f"context[{echo(k)}]")
+    context = _context(obj["context"])
     created_at = _time(obj["created_at"], "created_at")
     updated_at = _time(obj["updated_at"], "updated_at") if "updated_at" in obj else created_at
 
@@ -193,6 +188,16 @@ def _int_map(value: Any, where: str) -> dict[str, int]:
             raise SnapshotError(f"{where}[{echo(k)}] must be an integer, got {_kind(v)}")
         out[k] = v
     return out
+
+
+def _context(context: Any) -> dict:
+    """A snapshot's context map, checked: string keys to string values."""
+    if not isinstance(context, dict):
+        raise SnapshotError(f"context must be a map of string to string, got {_kind(context)}")
+    for k, v in context.items():
+        _expect_str(k, "context key")
+        _expect_str(v, f"context[{echo(k)}]")
+    return context
 
 
 def _time(value: Any, where: str) -> float:
